@@ -1,0 +1,41 @@
+# The two commands of the README, plus the pieces they are made of.
+#   make test   set up everything on a fresh machine, then lint, type-check and run the suite
+#   make demo   set up everything, then run the demo against a real local Kafka
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+KAFKA_CACHE := .cache/kafka
+
+.PHONY: test demo lint typecheck pytest kafka schemas clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+$(KAFKA_CACHE)/current: ops/kafka/pom.xml ops/kafka/fetch.sh
+	ops/kafka/fetch.sh $(KAFKA_CACHE)
+	touch $@
+
+kafka: $(KAFKA_CACHE)/current
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(INSTALLED)
+	$(BIN)/mypy --strict agent
+
+pytest: $(INSTALLED) kafka
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+demo: $(INSTALLED) kafka
+	$(BIN)/peering demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

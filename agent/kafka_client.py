@@ -1,0 +1,269 @@
+"""The one seam to Kafka: the only module that imports aiokafka.
+
+Everything else receives plain values (bytes, offsets, topic names) from here. aiokafka runs on
+asyncio, so callers use anyio on its asyncio backend. Nothing here relies on a broker quirk: it
+speaks plain Kafka protocol to any broker of version 3.7 or later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+
+log = logging.getLogger(__name__)
+
+# Kafka protocol error code for "topic already exists" in a CreateTopics answer.
+_TOPIC_ALREADY_EXISTS = 36
+# ... and for "unknown topic" in a DeleteTopics answer.
+_UNKNOWN_TOPIC = 3
+
+
+class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How to reach one Kafka cluster: bootstrap servers plus optional TLS and SASL."""
+
+    bootstrap: tuple[str, ...]
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
+    @classmethod
+    def plain(cls, bootstrap: str) -> KafkaSettings:
+        """Settings for a comma-separated bootstrap list on a PLAINTEXT listener."""
+        return cls(bootstrap=tuple(s.strip() for s in bootstrap.split(",") if s.strip()))
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments shared by aiokafka's producer, consumer and admin client."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": list(self.bootstrap),
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile or None,
+                certfile=self.ssl_certfile or None,
+                keyfile=self.ssl_keyfile or None,
+            )
+        if self.security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password
+        return options
+
+
+class ClusterInfo(msgspec.Struct, frozen=True):
+    """What a metadata request told us about a Kafka cluster."""
+
+    cluster_id: str
+    controller_id: int
+    brokers: tuple[str, ...]
+
+
+class Record(msgspec.Struct, frozen=True):
+    """One record as read from a partition, reduced to what the agent uses."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _settings(kafka: KafkaSettings | str) -> KafkaSettings:
+    return kafka if isinstance(kafka, KafkaSettings) else KafkaSettings.plain(kafka)
+
+
+@asynccontextmanager
+async def admin_client(
+    kafka: KafkaSettings | str, *, request_timeout: float = 10.0
+) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(
+        **_settings(kafka).client_options(), request_timeout_ms=int(request_timeout * 1000)
+    )
+    try:
+        await admin.start()
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def describe_cluster(
+    kafka: KafkaSettings | str, *, request_timeout: float = 5.0
+) -> ClusterInfo:
+    """Ask for cluster metadata; raises KafkaError or TimeoutError when nobody answers."""
+    with anyio.fail_after(request_timeout):
+        async with admin_client(kafka, request_timeout=request_timeout) as admin:
+            answer = await admin.describe_cluster()
+    return ClusterInfo(
+        cluster_id=answer["cluster_id"],
+        controller_id=answer["controller_id"],
+        brokers=tuple(f"{b['host']}:{b['port']}" for b in answer["brokers"]),
+    )
+
+
+async def probe(kafka: KafkaSettings | str, *, request_timeout: float = 2.0) -> ClusterInfo | None:
+    """describe_cluster, with "not (yet) reachable" as None instead of an exception."""
+    try:
+        return await describe_cluster(kafka, request_timeout=request_timeout)
+    except (KafkaError, TimeoutError, OSError) as error:
+        log.debug("probe of %s failed: %r", kafka, error)
+        return None
+
+
+def probe_sync(bootstrap: str, *, timeout: float = 2.0) -> bool:
+    """probe() for synchronous callers such as the dev broker's readiness loop."""
+    return anyio.run(lambda: probe(bootstrap, request_timeout=timeout)) is not None
+
+
+async def create_topic(
+    kafka: KafkaSettings | str,
+    name: str,
+    *,
+    compacted: bool,
+    partitions: int = 1,
+    replication: int = 1,
+    configs: dict[str, str] | None = None,
+) -> bool:
+    """Create a topic; True if created, False if it already existed. Other errors raise."""
+    topic_configs = {"cleanup.policy": "compact" if compacted else "delete", **(configs or {})}
+    async with admin_client(kafka) as admin:
+        answer = await admin.create_topics(
+            [NewTopic(name, partitions, replication, topic_configs=topic_configs)]
+        )
+    for _topic, code, message in answer.topic_errors:
+        if code == _TOPIC_ALREADY_EXISTS:
+            return False
+        if code != 0:
+            raise KafkaError(f"creating topic {name!r} failed: error {code} {message}")
+    return True
+
+
+async def delete_topic(kafka: KafkaSettings | str, name: str) -> bool:
+    """Delete a topic; True if deleted, False if it did not exist."""
+    async with admin_client(kafka) as admin:
+        answer = await admin.delete_topics([name])
+    for _topic, code, *_rest in answer.topic_error_codes:
+        if code == _UNKNOWN_TOPIC:
+            return False
+        if code != 0:
+            raise KafkaError(f"deleting topic {name!r} failed: error {code}")
+    return True
+
+
+async def topic_config(kafka: KafkaSettings | str, name: str) -> dict[str, str]:
+    """The effective configuration of a topic, as the broker reports it."""
+    async with admin_client(kafka) as admin:
+        answers = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    config: dict[str, str] = {}
+    for answer in answers:
+        for code, message, _type, _name, entries in answer.resources:
+            if code != 0:
+                raise KafkaError(f"describing topic {name!r} failed: error {code} {message}")
+            for entry in entries:
+                config[entry[0]] = entry[1]
+    return config
+
+
+async def list_topics(kafka: KafkaSettings | str) -> list[str]:
+    async with admin_client(kafka) as admin:
+        topics: list[str] = await admin.list_topics()
+    return topics
+
+
+@asynccontextmanager
+async def producer(
+    kafka: KafkaSettings | str, *, linger_ms: int = 0
+) -> AsyncIterator[AIOKafkaProducer]:
+    """An idempotent producer with acks=all: an acknowledged record survives a broker crash."""
+    client = AIOKafkaProducer(
+        **_settings(kafka).client_options(),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+    )
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
+
+
+async def send(client: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes) -> int:
+    """Send one record and wait for the acknowledgement; returns its offset."""
+    metadata = await client.send_and_wait(topic, value=value, key=key)
+    offset: int = metadata.offset
+    return offset
+
+
+async def end_offset(kafka: KafkaSettings | str, topic: str, partition: int = 0) -> int:
+    """The offset the next record written to the partition will get."""
+    consumer = AIOKafkaConsumer(**_settings(kafka).client_options(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        offsets = await consumer.end_offsets([tp])
+        end: int = offsets[tp]
+        return end
+    finally:
+        await consumer.stop()
+
+
+async def read_partition(
+    kafka: KafkaSettings | str,
+    topic: str,
+    *,
+    partition: int = 0,
+    start_offset: int = 0,
+    stop_at_end: bool = True,
+    poll_interval: float = 0.5,
+) -> AsyncIterator[Record]:
+    """Yield records from ``start_offset`` on, without a consumer group.
+
+    With ``stop_at_end`` the iteration ends at the end offset seen when it started (a bounded
+    read, as replay and resync need); otherwise it follows the partition forever.
+    """
+    consumer = AIOKafkaConsumer(
+        **_settings(kafka).client_options(),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start_offset)
+        stop_before = (await consumer.end_offsets([tp]))[tp] if stop_at_end else None
+        position = start_offset
+        while stop_before is None or position < stop_before:
+            batches = await consumer.getmany(tp, timeout_ms=int(poll_interval * 1000))
+            for message in batches.get(tp, []):
+                position = message.offset + 1
+                yield Record(
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    timestamp_ms=message.timestamp,
+                    key=message.key,
+                    value=message.value,
+                )
+                if stop_before is not None and position >= stop_before:
+                    return
+            if stop_before is not None and not batches:
+                # Compaction can leave the end offset past the last record still in the log.
+                position = await consumer.position(tp)
+    finally:
+        await consumer.stop()
