@@ -1,0 +1,709 @@
+"""The agent's state in SQLite: the only module that touches the database.
+
+Tables: the local catalog (instances, checks), config entries, a monotonically increasing
+catalog index (for blocking queries / ``X-Consul-Index``), the exported view per consumer peer
+with its ordered change feed, and the imported catalog per peer.
+
+Why synchronous: sqlite3 is a blocking library and every write must be committed (fsync'd,
+``synchronous=FULL``) before the API answers. Keeping the store plain and thread-safe lets the
+async shell run each call in a worker thread (``anyio.to_thread.run_sync``) so an fsync never
+stalls the event loop, while tests and offline tools call it directly. Writes share one
+connection behind a lock; reads use one connection per thread, which WAL lets run beside a
+writer.
+
+Every local write recomputes the exported view (pure ``catalog.exported_view``), diffs it with
+the stored one and appends the differences to ``exported_changes`` in the SAME transaction, so
+the feed can never disagree with the catalog, even across a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import msgspec
+
+from agent import catalog
+from agent.catalog import ExportedServicesEntry
+from agent.model import CheckStatus, HealthCheck, ServiceInstance
+
+Source = Literal["api", "file"]
+DB_FILE = "agent.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, source TEXT NOT NULL, body BLOB NOT NULL,
+    create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS instances_by_name ON instances (name);
+CREATE TABLE IF NOT EXISTS checks (
+    check_id TEXT PRIMARY KEY,
+    service_id TEXT NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
+    pos INTEGER NOT NULL, body BLOB NOT NULL, expires_at REAL);
+CREATE INDEX IF NOT EXISTS checks_by_service ON checks (service_id);
+CREATE INDEX IF NOT EXISTS checks_by_expiry ON checks (expires_at);
+CREATE TABLE IF NOT EXISTS config_entries (
+    kind TEXT NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL,
+    create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL, PRIMARY KEY (kind, name));
+CREATE TABLE IF NOT EXISTS exported_current (
+    peer TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (peer, key));
+CREATE TABLE IF NOT EXISTS exported_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL, key TEXT NOT NULL,
+    body BLOB, changed_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS exported_changes_by_peer ON exported_changes (peer, seq);
+CREATE TABLE IF NOT EXISTS imported (
+    peer TEXT NOT NULL, key TEXT NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (peer, key));
+CREATE INDEX IF NOT EXISTS imported_by_name ON imported (peer, name);
+CREATE TABLE IF NOT EXISTS imported_peers (peer TEXT PRIMARY KEY, stale INTEGER NOT NULL);
+"""
+
+_encoder = msgspec.json.Encoder()
+_instance_decoder = msgspec.json.Decoder(ServiceInstance)
+_check_decoder = msgspec.json.Decoder(HealthCheck)
+_entry_decoder = msgspec.json.Decoder(ExportedServicesEntry)
+
+
+class StoreError(Exception):
+    """A write was refused because it conflicts with stored state (a user error)."""
+
+
+class LocalInstance(msgspec.Struct, frozen=True):
+    """A local instance with where it came from and Consul's raft-style indexes."""
+
+    Instance: ServiceInstance
+    Source: str
+    CreateIndex: int
+    ModifyIndex: int
+
+
+class FeedRow(msgspec.Struct, frozen=True):
+    """One row of a peer's exported change feed; ``Instance`` None means removal."""
+
+    Seq: int
+    Peer: str
+    Key: str
+    Instance: ServiceInstance | None
+    ChangedAt: float
+
+
+class IndexNotifier:
+    """Wakes blocking queries when the catalog index moves.
+
+    ``bind`` runs inside the event loop; ``notify`` may then be called from any thread (the
+    store commits in worker threads) and hops onto the loop, because anyio events are not
+    thread-safe.
+    """
+
+    def __init__(self, index: int = 0) -> None:
+        self._index = index
+        self._event: anyio.Event | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._loop_thread: int | None = None
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    def bind(self, index: int) -> None:
+        """Attach to the running event loop, starting from the store's current index."""
+        self._token = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
+        self._index = max(self._index, index)
+
+    def notify(self, index: int) -> None:
+        """Record that the index reached ``index`` and wake every waiter."""
+        if self._token is None or threading.get_ident() == self._loop_thread:
+            self._wake(index)
+            return
+        # RuntimeError: the loop has stopped, so nobody can be waiting any more.
+        with contextlib.suppress(RuntimeError):
+            anyio.from_thread.run_sync(self._wake, index, token=self._token)
+
+    def _wake(self, index: int) -> None:
+        self._index = max(self._index, index)
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait_beyond(self, index: int) -> int:
+        """Return once the index is greater than ``index`` (callers bound it with a timeout)."""
+        while self._index <= index:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
+        return self._index
+
+
+class Store:
+    """Synchronous, thread-safe access to the agent's SQLite database."""
+
+    def __init__(self, path: Path, on_change: Callable[[int], None] | None = None) -> None:
+        self.path = path
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._conn = self._connect()
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('index', 1)")
+
+    @classmethod
+    def open(cls, data_dir: Path, on_change: Callable[[int], None] | None = None) -> Store:
+        """Open (creating if needed) the database in ``data_dir``."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(data_dir / DB_FILE, on_change)
+
+    def set_on_change(self, on_change: Callable[[int], None] | None) -> None:
+        """Install the callback run after each commit that moved the index."""
+        self._on_change = on_change
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so a write is one transaction.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit survives power loss, not only a process crash ("committed before
+        # acknowledged").
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
+        with self._lock:
+            self._conn.close()
+
+    # --- transactions ----------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        # One snapshot for multi-statement reads.
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def _write(
+        self,
+        apply: Callable[[sqlite3.Connection, int], bool],
+        *,
+        exported: bool,
+        now: float | None = None,
+    ) -> int:
+        """Run ``apply(conn, next_index)`` in one transaction; bump the index if it changed.
+
+        ``exported`` says the write may change what peers see: the exported view is then
+        recomputed and its diff appended to the feed inside the same transaction.
+        """
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                index = _get_index(conn)
+                changed = apply(conn, index + 1)
+                if changed and exported:
+                    _refresh_exported(conn, time.time() if now is None else now)
+                if changed:
+                    index += 1
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'index'", (index,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        if changed and self._on_change is not None:
+            self._on_change(index)
+        return index
+
+    # --- catalog index ---------------------------------------------------------------------
+
+    @property
+    def index(self) -> int:
+        """The catalog index: moves on every committed change of anything readable."""
+        with self._read() as conn:
+            return _get_index(conn)
+
+    # --- local catalog: writes -------------------------------------------------------------
+
+    def register(
+        self, instance: ServiceInstance, source: Source = "api", now: float | None = None
+    ) -> int:
+        """Insert or replace an instance and its checks; existing checks keep their status."""
+        at = time.time() if now is None else now
+        return self._write(
+            lambda c, i: _put_instance(c, i, instance, source, at), exported=True, now=at
+        )
+
+    def deregister(self, service_id: str) -> bool:
+        """Remove an instance and its checks; False if it was not registered."""
+        found = False
+
+        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+            nonlocal found
+            found = _delete_instance(conn, service_id)
+            return found
+
+        self._write(apply, exported=True)
+        return found
+
+    def update_check(
+        self,
+        check_id: str,
+        status: CheckStatus,
+        output: str | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Set a check's status (pass/warn/fail) and refresh its TTL; False if unknown."""
+        at = time.time() if now is None else now
+        found = False
+
+        def apply(conn: sqlite3.Connection, index: int) -> bool:
+            nonlocal found
+            row = conn.execute(
+                "SELECT service_id, body FROM checks WHERE check_id = ?", (check_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            found = True
+            old = _check_decoder.decode(row[1])
+            new = msgspec.structs.replace(
+                old, Status=status, Output=old.Output if output is None else output
+            )
+            conn.execute(
+                "UPDATE checks SET body = ?, expires_at = ? WHERE check_id = ?",
+                (_encoder.encode(new), catalog.ttl_deadline(new, at), check_id),
+            )
+            if new == old:
+                return False
+            conn.execute("UPDATE instances SET modify_index = ? WHERE id = ?", (index, row[0]))
+            return True
+
+        self._write(apply, exported=True, now=at)
+        return found
+
+    def expire_ttl_checks(self, now: float | None = None) -> list[str]:
+        """Turn TTL checks whose deadline passed critical; return their ids."""
+        at = time.time() if now is None else now
+        expired: list[str] = []
+
+        def apply(conn: sqlite3.Connection, index: int) -> bool:
+            rows = conn.execute(
+                "SELECT check_id, service_id, body, expires_at FROM checks"
+                " WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                (at,),
+            ).fetchall()
+            checks = {r[0]: (r[1], _check_decoder.decode(r[2])) for r in rows}
+            states = [catalog.TtlState(r[0], checks[r[0]][1].Status, r[3]) for r in rows]
+            expired.extend(catalog.expired_checks(states, at))
+            for check_id in expired:
+                service_id, check = checks[check_id]
+                conn.execute(
+                    "UPDATE checks SET body = ? WHERE check_id = ?",
+                    (_encoder.encode(catalog.expire(check)), check_id),
+                )
+                conn.execute(
+                    "UPDATE instances SET modify_index = ? WHERE id = ?", (index, service_id)
+                )
+            # A deadline fires once; the next pass/warn/fail sets a new one.
+            conn.executemany(
+                "UPDATE checks SET expires_at = NULL WHERE check_id = ?", [(r[0],) for r in rows]
+            )
+            return bool(expired)
+
+        self._write(apply, exported=True, now=at)
+        return expired
+
+    def sync_file_services(
+        self, instances: Iterable[ServiceInstance], now: float | None = None
+    ) -> int:
+        """Make the file-sourced registrations exactly ``instances`` in one transaction."""
+        at = time.time() if now is None else now
+        wanted = list(instances)
+
+        def apply(conn: sqlite3.Connection, index: int) -> bool:
+            changed = False
+            for inst in wanted:
+                changed |= _put_instance(conn, index, inst, "file", at)
+            keep = {inst.ID for inst in wanted}
+            for (service_id,) in conn.execute(
+                "SELECT id FROM instances WHERE source = 'file'"
+            ).fetchall():
+                if service_id not in keep:
+                    changed |= _delete_instance(conn, service_id)
+            return changed
+
+        return self._write(apply, exported=True, now=at)
+
+    # --- local catalog: reads --------------------------------------------------------------
+
+    def list_local(self, name: str | None = None) -> list[LocalInstance]:
+        """Local instances (all, or of one service) with source and indexes, by ID."""
+        with self._read() as conn:
+            return _load_instances(conn, name)
+
+    def instances(self, name: str | None = None) -> list[ServiceInstance]:
+        """Local instances (all, or of one service), ordered by ID."""
+        return [local.Instance for local in self.list_local(name)]
+
+    def instance(self, service_id: str) -> ServiceInstance | None:
+        with self._read() as conn:
+            return _load_instance(conn, service_id)
+
+    def checks(self) -> list[HealthCheck]:
+        """Every local check, ordered by id."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT body FROM checks ORDER BY check_id").fetchall()
+        return [_check_decoder.decode(r[0]) for r in rows]
+
+    def service_names(self) -> dict[str, list[str]]:
+        """``/v1/catalog/services`` for the local catalog."""
+        return catalog.service_tags(self.instances())
+
+    # --- config entries --------------------------------------------------------------------
+
+    def set_exported_services(self, entry: ExportedServicesEntry) -> int:
+        """Store the (already validated) exported-services entry; recompute the feed."""
+        body = _encoder.encode(msgspec.structs.replace(entry, CreateIndex=0, ModifyIndex=0))
+
+        def apply(conn: sqlite3.Connection, index: int) -> bool:
+            row = conn.execute(
+                "SELECT body FROM config_entries WHERE kind = ? AND name = ?",
+                (entry.Kind, entry.Name),
+            ).fetchone()
+            if row is not None and bytes(row[0]) == body:
+                return False
+            conn.execute(
+                "INSERT INTO config_entries (kind, name, body, create_index, modify_index)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, name) DO UPDATE"
+                " SET body = excluded.body, modify_index = excluded.modify_index",
+                (entry.Kind, entry.Name, body, index, index),
+            )
+            return True
+
+        return self._write(apply, exported=True)
+
+    def delete_exported_services(self) -> int:
+        """Remove the exported-services entry (nothing is exported any more)."""
+
+        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+            cur = conn.execute(
+                "DELETE FROM config_entries WHERE kind = ? AND name = ?",
+                (catalog.EXPORTED_SERVICES_KIND, catalog.EXPORTED_SERVICES_NAME),
+            )
+            return cur.rowcount > 0
+
+        return self._write(apply, exported=True)
+
+    def exported_services(self) -> ExportedServicesEntry | None:
+        """The exported-services entry with Create/ModifyIndex, or None if never set."""
+        with self._read() as conn:
+            return _load_entry(conn)
+
+    # --- exported view and change feed -----------------------------------------------------
+
+    def exported_view(self, peer: str) -> dict[str, ServiceInstance]:
+        """What ``peer`` should currently see: {instance_key: instance}."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT key, body FROM exported_current WHERE peer = ? ORDER BY key", (peer,)
+            ).fetchall()
+        return {r[0]: _instance_decoder.decode(r[1]) for r in rows}
+
+    def exported_peers(self) -> list[str]:
+        """Peers that ever had something exported to them (their feed is not empty)."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT DISTINCT peer FROM exported_changes ORDER BY peer")
+            return [r[0] for r in rows.fetchall()]
+
+    def exported_changes(self, peer: str, after_seq: int = 0, limit: int = 1000) -> list[FeedRow]:
+        """The feed rows of ``peer`` with seq > ``after_seq``, in order, at most ``limit``."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT seq, key, body, changed_at FROM exported_changes"
+                " WHERE peer = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (peer, after_seq, limit),
+            ).fetchall()
+        return [
+            FeedRow(
+                r[0], peer, r[1], None if r[2] is None else _instance_decoder.decode(r[2]), r[3]
+            )
+            for r in rows
+        ]
+
+    def last_exported_seq(self, peer: str) -> int:
+        """The newest feed seq of ``peer``; 0 when it has none."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT MAX(seq) FROM exported_changes WHERE peer = ?", (peer,)
+            ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def exported_summary(self) -> list[catalog.ResolvedExport]:
+        """``GET /v1/exported-services``: registered services and their consumer peers."""
+        with self._read() as conn:
+            instances = [local.Instance for local in _load_instances(conn, None)]
+            entry = _load_entry(conn)
+        return catalog.resolved_exports(instances, entry)
+
+    # --- imported catalog ------------------------------------------------------------------
+
+    def replace_imported(self, peer: str, instances: Iterable[ServiceInstance]) -> int:
+        """Atomically make ``instances`` the whole imported set of ``peer``."""
+        wanted = {catalog.instance_key(inst): inst for inst in instances}
+
+        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+            current = _imported_bodies(conn, peer)
+            new = {key: _encoder.encode(inst) for key, inst in wanted.items()}
+            _ensure_peer(conn, peer)
+            if current == new:
+                return False
+            conn.execute("DELETE FROM imported WHERE peer = ?", (peer,))
+            conn.executemany(
+                "INSERT INTO imported (peer, key, name, body) VALUES (?, ?, ?, ?)",
+                [(peer, key, wanted[key].Name, body) for key, body in new.items()],
+            )
+            return True
+
+        return self._write(apply, exported=False)
+
+    def apply_imported(
+        self, peer: str, upserts: Iterable[ServiceInstance], removals: Iterable[str]
+    ) -> int:
+        """Upsert instances and remove keys of ``peer``'s imported set in one transaction."""
+        ups = list(upserts)
+        rems = list(removals)
+
+        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+            _ensure_peer(conn, peer)
+            changed = False
+            for inst in ups:
+                key = catalog.instance_key(inst)
+                body = _encoder.encode(inst)
+                row = conn.execute(
+                    "SELECT body FROM imported WHERE peer = ? AND key = ?", (peer, key)
+                ).fetchone()
+                if row is None or bytes(row[0]) != body:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO imported (peer, key, name, body)"
+                        " VALUES (?, ?, ?, ?)",
+                        (peer, key, inst.Name, body),
+                    )
+                    changed = True
+            for key in rems:
+                cur = conn.execute("DELETE FROM imported WHERE peer = ? AND key = ?", (peer, key))
+                changed |= cur.rowcount > 0
+            return changed
+
+        return self._write(apply, exported=False)
+
+    def set_imported_stale(self, peer: str, stale: bool) -> int:
+        """Flag ``peer``'s imported services as stale (peering FAILING) or fresh again."""
+
+        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+            _ensure_peer(conn, peer)
+            cur = conn.execute(
+                "UPDATE imported_peers SET stale = ? WHERE peer = ? AND stale != ?",
+                (int(stale), peer, int(stale)),
+            )
+            return cur.rowcount > 0
+
+        return self._write(apply, exported=False)
+
+    def drop_imported(self, peer: str) -> int:
+        """Forget everything imported from ``peer`` (peering deleted)."""
+
+        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+            removed = conn.execute("DELETE FROM imported WHERE peer = ?", (peer,)).rowcount
+            dropped = conn.execute("DELETE FROM imported_peers WHERE peer = ?", (peer,)).rowcount
+            return removed + dropped > 0
+
+        return self._write(apply, exported=False)
+
+    def imported_instances(self, peer: str, name: str | None = None) -> list[ServiceInstance]:
+        """Instances imported from ``peer`` (all, or of one service), ordered by key."""
+        with self._read() as conn:
+            if name is None:
+                rows = conn.execute(
+                    "SELECT body FROM imported WHERE peer = ? ORDER BY key", (peer,)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT body FROM imported WHERE peer = ? AND name = ? ORDER BY key",
+                    (peer, name),
+                ).fetchall()
+        return [_instance_decoder.decode(r[0]) for r in rows]
+
+    def imported_service_names(self, peer: str) -> dict[str, list[str]]:
+        """``/v1/catalog/services?peer=``: imported service name -> tags."""
+        return catalog.service_tags(self.imported_instances(peer))
+
+    def imported_peers(self) -> list[str]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT peer FROM imported_peers ORDER BY peer").fetchall()
+        return [r[0] for r in rows]
+
+    def imported_stale(self, peer: str) -> bool:
+        """True when ``peer``'s imported services are flagged stale."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT stale FROM imported_peers WHERE peer = ?", (peer,)
+            ).fetchone()
+        return bool(row[0]) if row else False
+
+
+# --- helpers running inside a transaction -------------------------------------------------
+
+
+def _get_index(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'index'").fetchone()
+    return int(row[0])
+
+
+def _load_entry(conn: sqlite3.Connection) -> ExportedServicesEntry | None:
+    row = conn.execute(
+        "SELECT body, create_index, modify_index FROM config_entries WHERE kind = ? AND name = ?",
+        (catalog.EXPORTED_SERVICES_KIND, catalog.EXPORTED_SERVICES_NAME),
+    ).fetchone()
+    if row is None:
+        return None
+    entry = _entry_decoder.decode(row[0])
+    return msgspec.structs.replace(entry, CreateIndex=row[1], ModifyIndex=row[2])
+
+
+def _checks_by_service(
+    conn: sqlite3.Connection, service_id: str | None
+) -> dict[str, list[HealthCheck]]:
+    if service_id is None:
+        rows = conn.execute("SELECT service_id, body FROM checks ORDER BY service_id, pos")
+    else:
+        rows = conn.execute(
+            "SELECT service_id, body FROM checks WHERE service_id = ? ORDER BY pos",
+            (service_id,),
+        )
+    out: dict[str, list[HealthCheck]] = {}
+    for sid, body in rows.fetchall():
+        out.setdefault(sid, []).append(_check_decoder.decode(body))
+    return out
+
+
+def _load_instances(conn: sqlite3.Connection, name: str | None) -> list[LocalInstance]:
+    sql = "SELECT id, source, body, create_index, modify_index FROM instances"
+    params: tuple[str, ...] = ()
+    if name is not None:
+        sql += " WHERE name = ?"
+        params = (name,)
+    rows = conn.execute(sql + " ORDER BY id", params).fetchall()
+    checks = _checks_by_service(conn, None)
+    return [
+        LocalInstance(
+            msgspec.structs.replace(
+                _instance_decoder.decode(body), Checks=tuple(checks.get(sid, ()))
+            ),
+            source,
+            create_index,
+            modify_index,
+        )
+        for sid, source, body, create_index, modify_index in rows
+    ]
+
+
+def _load_instance(conn: sqlite3.Connection, service_id: str) -> ServiceInstance | None:
+    row = conn.execute("SELECT body FROM instances WHERE id = ?", (service_id,)).fetchone()
+    if row is None:
+        return None
+    checks = _checks_by_service(conn, service_id).get(service_id, [])
+    return msgspec.structs.replace(_instance_decoder.decode(row[0]), Checks=tuple(checks))
+
+
+def _put_instance(
+    conn: sqlite3.Connection, index: int, instance: ServiceInstance, source: str, now: float
+) -> bool:
+    for check in instance.Checks:
+        row = conn.execute(
+            "SELECT service_id FROM checks WHERE check_id = ?", (check.CheckID,)
+        ).fetchone()
+        if row is not None and row[0] != instance.ID:
+            raise StoreError(f"check id {check.CheckID!r} already belongs to service {row[0]!r}")
+    old_row = conn.execute(
+        "SELECT source, create_index FROM instances WHERE id = ?", (instance.ID,)
+    ).fetchone()
+    old = _load_instance(conn, instance.ID)
+    new = catalog.carry_check_state(old, instance)
+    if old == new and old_row is not None and old_row[0] == source:
+        return False
+    create_index = old_row[1] if old_row is not None else index
+    body = _encoder.encode(msgspec.structs.replace(new, Checks=()))
+    conn.execute(
+        "INSERT OR REPLACE INTO instances (id, name, source, body, create_index, modify_index)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (new.ID, new.Name, source, body, create_index, index),
+    )
+    conn.execute("DELETE FROM checks WHERE service_id = ?", (new.ID,))
+    conn.executemany(
+        "INSERT INTO checks (check_id, service_id, pos, body, expires_at) VALUES (?, ?, ?, ?, ?)",
+        [
+            (c.CheckID, new.ID, pos, _encoder.encode(c), catalog.ttl_deadline(c, now))
+            for pos, c in enumerate(new.Checks)
+        ],
+    )
+    return True
+
+
+def _delete_instance(conn: sqlite3.Connection, service_id: str) -> bool:
+    conn.execute("DELETE FROM checks WHERE service_id = ?", (service_id,))
+    return conn.execute("DELETE FROM instances WHERE id = ?", (service_id,)).rowcount > 0
+
+
+def _refresh_exported(conn: sqlite3.Connection, now: float) -> None:
+    """Recompute the exported view, store it and append its diff to the feed."""
+    instances = [local.Instance for local in _load_instances(conn, None)]
+    new = catalog.exported_view(instances, _load_entry(conn))
+    old: dict[str, dict[str, ServiceInstance]] = {}
+    for peer, key, body in conn.execute("SELECT peer, key, body FROM exported_current"):
+        old.setdefault(peer, {})[key] = _instance_decoder.decode(body)
+    for change in catalog.diff_views(old, new):
+        if change.Instance is None:
+            conn.execute(
+                "DELETE FROM exported_current WHERE peer = ? AND key = ?",
+                (change.Peer, change.Key),
+            )
+            body = None
+        else:
+            body = _encoder.encode(change.Instance)
+            conn.execute(
+                "INSERT OR REPLACE INTO exported_current (peer, key, body) VALUES (?, ?, ?)",
+                (change.Peer, change.Key, body),
+            )
+        conn.execute(
+            "INSERT INTO exported_changes (peer, key, body, changed_at) VALUES (?, ?, ?, ?)",
+            (change.Peer, change.Key, body, now),
+        )
+
+
+def _imported_bodies(conn: sqlite3.Connection, peer: str) -> dict[str, bytes]:
+    rows = conn.execute("SELECT key, body FROM imported WHERE peer = ?", (peer,)).fetchall()
+    return {r[0]: bytes(r[1]) for r in rows}
+
+
+def _ensure_peer(conn: sqlite3.Connection, peer: str) -> None:
+    conn.execute("INSERT OR IGNORE INTO imported_peers (peer, stale) VALUES (?, 0)", (peer,))
