@@ -36,6 +36,10 @@ class BadPublicKey(PeerFault):
     """A peer's X25519 public key has the wrong length or yields no usable shared secret."""
 
 
+class RecordTooLarge(PeerFault):
+    """An event to publish would exceed the record size limit (a user exported too much)."""
+
+
 class TokenError(PeerFault):
     """A peering token that cannot be used; ``reason`` names the refusal (a closed set)."""
 

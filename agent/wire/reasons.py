@@ -19,6 +19,7 @@ class RejectReason(enum.StrEnum):
     OLD_EPOCH = "old_epoch"
     WRONG_STREAM = "wrong_stream"
     TOMBSTONE = "tombstone"
+    UNSUPPORTED_VERSION = "unsupported_version"
 
 
 class RefusalReason(enum.StrEnum):
