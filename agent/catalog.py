@@ -7,13 +7,21 @@ transaction; the HTTP layer only encodes them.
 
 from __future__ import annotations
 
+import json
 import re
+import tomllib
 from collections.abc import Iterable, Mapping
 
 import msgspec
 
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
-from agent.names import InvalidName, validate_peer_name, validate_service_name
+from agent.names import (
+    InvalidName,
+    validate_check_id,
+    validate_instance_id,
+    validate_peer_name,
+    validate_service_name,
+)
 
 WILDCARD = "*"
 EXPORTED_SERVICES_KIND = "exported-services"
@@ -302,4 +310,187 @@ def resolved_exports(
         peers = peers_for(name, entry)
         if peers:
             out.append(ResolvedExport(name, ResolvedConsumers(tuple(peers))))
+    return out
+
+
+# --- registrations (agent API body and services file) -----------------------------------
+
+# Check types we cannot run: the agent core only has TTL checks (and manual ones, without TTL).
+_UNSUPPORTED_CHECK_FIELDS = ("HTTP", "TCP", "Args", "GRPC", "DockerContainerID", "UDP", "H2PING")
+_META_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+MAX_META_PAIRS = 64
+MAX_TAGS = 64
+
+
+class CheckDefinition(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """A check in a registration. Unknown fields (Interval, Timeout, ...) are ignored."""
+
+    CheckID: str | None = None
+    ID: str | None = None
+    Name: str = ""
+    TTL: str | None = None
+    Status: CheckStatus | None = None
+    Notes: str = ""
+    HTTP: str | None = None
+    TCP: str | None = None
+    Args: list[str] | None = None
+    GRPC: str | None = None
+    DockerContainerID: str | None = None
+    UDP: str | None = None
+    H2PING: str | None = None
+
+
+class ServiceRegistration(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """Body of ``PUT /v1/agent/service/register`` (Consul's field names)."""
+
+    Name: str
+    ID: str | None = None
+    Address: str = ""
+    Port: int = 0
+    Tags: list[str] | None = None
+    Meta: dict[str, str] | None = None
+    Check: CheckDefinition | None = None
+    Checks: list[CheckDefinition] | None = None
+
+
+def _fold(key: str) -> str:
+    return key.lower().replace("_", "")
+
+
+_REG_KEYS = {_fold(f): f for f in ServiceRegistration.__struct_fields__}
+_CHECK_KEYS = {_fold(f): f for f in CheckDefinition.__struct_fields__}
+
+
+def _canonical(obj: object, keys: Mapping[str, str]) -> object:
+    if not isinstance(obj, dict):
+        return obj
+    return {keys.get(_fold(k), k) if isinstance(k, str) else k: v for k, v in obj.items()}
+
+
+def canonical_registration(obj: object) -> object:
+    """Consul decodes registrations case-insensitively (py-consul sends ``name``, ``checks``,
+    ``ttl``); map keys to our field names. Meta keys are user data and stay untouched."""
+    top = _canonical(obj, _REG_KEYS)
+    if not isinstance(top, dict):
+        return top
+    if "Check" in top:
+        top["Check"] = _canonical(top["Check"], _CHECK_KEYS)
+    if isinstance(top.get("Checks"), list):
+        top["Checks"] = [_canonical(c, _CHECK_KEYS) for c in top["Checks"]]
+    return top
+
+
+def _check_from(
+    definition: CheckDefinition, default_id: str, service_id: str, name: str
+) -> HealthCheck:
+    for field in _UNSUPPORTED_CHECK_FIELDS:
+        if getattr(definition, field) is not None:
+            raise CatalogError(f"check {field}: only TTL checks are supported by this agent")
+    check_id = definition.CheckID or definition.ID or default_id
+    try:
+        validate_check_id(check_id)
+    except InvalidName as exc:
+        raise CatalogError(str(exc)) from None
+    ttl = parse_duration(definition.TTL, "check TTL") if definition.TTL is not None else 0.0
+    if definition.TTL is not None and ttl <= 0:
+        raise CatalogError("check TTL: must be greater than 0")
+    return HealthCheck(
+        CheckID=check_id,
+        Name=definition.Name or f"Service '{name}' check",
+        # Consul starts TTL checks critical until the first heartbeat.
+        Status=definition.Status or CheckStatus.CRITICAL,
+        Notes=definition.Notes,
+        ServiceID=service_id,
+        ServiceName=name,
+        TTLSeconds=ttl,
+    )
+
+
+def registration_to_instance(reg: ServiceRegistration) -> ServiceInstance:
+    """Validate a registration and build the instance, with Consul's default check ids."""
+    try:
+        name = validate_service_name(reg.Name)
+        service_id = validate_instance_id(reg.ID or reg.Name)
+    except InvalidName as exc:
+        raise CatalogError(str(exc)) from None
+    if not 0 <= reg.Port <= 65535:
+        raise CatalogError(f"Port: {reg.Port} is out of range 0-65535")
+    if len(reg.Address) > 255 or any(ch.isspace() for ch in reg.Address):
+        raise CatalogError(f"Address: invalid address {reg.Address!r}")
+    tags = tuple(reg.Tags or ())
+    if len(tags) > MAX_TAGS or any(not t or len(t) > 255 for t in tags):
+        raise CatalogError(f"Tags: at most {MAX_TAGS} non-empty tags of up to 255 characters")
+    meta = dict(reg.Meta or {})
+    if len(meta) > MAX_META_PAIRS:
+        raise CatalogError(f"Meta: at most {MAX_META_PAIRS} pairs")
+    for key, value in meta.items():
+        if not _META_KEY_RE.fullmatch(key) or len(value) > 512:
+            raise CatalogError(
+                f"Meta: invalid key {key!r} (letters, digits, '_' and '-', up to 128) "
+                "or value longer than 512"
+            )
+    definitions = ([reg.Check] if reg.Check else []) + list(reg.Checks or [])
+    checks: list[HealthCheck] = []
+    for n, definition in enumerate(definitions, start=1):
+        default_id = (
+            f"service:{service_id}" if len(definitions) == 1 else f"service:{service_id}:{n}"
+        )
+        checks.append(_check_from(definition, default_id, service_id, name))
+    ids = [c.CheckID for c in checks]
+    if len(set(ids)) != len(ids):
+        raise CatalogError("Checks: check ids must be unique")
+    return ServiceInstance(
+        ID=service_id,
+        Name=name,
+        Address=reg.Address,
+        Port=reg.Port,
+        Tags=tags,
+        Meta=meta,
+        Checks=tuple(checks),
+    )
+
+
+def decode_registration(obj: object) -> ServiceInstance:
+    """A decoded JSON/TOML value -> a validated instance, or CatalogError with one line."""
+    try:
+        reg = msgspec.convert(canonical_registration(obj), ServiceRegistration)
+    except msgspec.ValidationError as exc:
+        raise CatalogError(str(exc)) from None
+    return registration_to_instance(reg)
+
+
+def decode_services_file(data: bytes, suffix: str) -> list[ServiceInstance]:
+    """Parse a services file (TOML or JSON): ``services = [{Name = ..., ...}, ...]``.
+
+    JSON may also be a bare list. Any problem raises CatalogError naming the entry.
+    """
+    try:
+        if suffix == ".toml":
+            doc: object = tomllib.loads(data.decode("utf-8"))
+        elif suffix == ".json":
+            doc = json.loads(data)
+        else:
+            raise CatalogError(f"services file must end in .toml or .json, not {suffix!r}")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"cannot parse services file: {exc}") from None
+    if isinstance(doc, dict):
+        services = doc.get("services", doc.get("Services", []))
+        extra = set(doc) - {"services", "Services"}
+        if extra:
+            raise CatalogError(f"unknown top-level key {sorted(extra)[0]!r} (expected 'services')")
+    else:
+        services = doc
+    if not isinstance(services, list):
+        raise CatalogError("'services' must be a list of service registrations")
+    out: list[ServiceInstance] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(services):
+        try:
+            inst = decode_registration(entry)
+        except CatalogError as exc:
+            raise CatalogError(f"services[{i}]: {exc}") from None
+        if inst.ID in seen:
+            raise CatalogError(f"services[{i}]: service id {inst.ID!r} is listed twice")
+        seen.add(inst.ID)
+        out.append(inst)
     return out

@@ -1,0 +1,578 @@
+"""The HTTP API: the only module that builds the ASGI app (Starlette, served by uvicorn).
+
+Consul's paths, JSON field names and status codes, so Consul clients and Prometheus' Consul
+service discovery work unchanged. Handlers are thin: decode and validate at the edge (pure
+``catalog`` functions), call the store in a worker thread (its commits fsync), encode Structs.
+Errors are plain-text bodies with a 4xx code, as Consul answers them.
+
+Peering routes are not built here: ``create_app(..., extra_routes=[...])`` mounts the routes
+the peering module builds (full-path ``Route`` objects, so metrics keep their templates), and
+they may reuse ``ApiError``, ``read_json`` and ``json_response`` from this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent import __version__, catalog, metrics
+from agent.catalog import CatalogError, ExportedServicesEntry
+from agent.config import AgentConfig
+from agent.model import CheckStatus, HealthCheck, ServiceInstance
+from agent.names import InvalidName, validate_peer_name, validate_service_name
+from agent.store import IndexNotifier, Store, StoreError
+
+T = TypeVar("T")
+
+DEFAULT_WAIT_SECONDS = 300.0  # Consul's default for blocking queries
+MAX_WAIT_SECONDS = 600.0  # and its maximum
+
+_encoder = msgspec.json.Encoder()
+
+
+class ApiError(Exception):
+    """A request we refuse: ``status`` (4xx) and a one-line message for the body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# --- wire types (Consul's field names) ---------------------------------------------------
+
+
+class Weights(msgspec.Struct, frozen=True):
+    Passing: int = 1
+    Warning: int = 1
+
+
+class NodeView(msgspec.Struct, frozen=True):
+    ID: str
+    Node: str
+    Address: str
+    Datacenter: str
+    TaggedAddresses: dict[str, str]
+    Meta: dict[str, str]
+    PeerName: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class AgentServiceView(msgspec.Struct, frozen=True):
+    ID: str
+    Service: str
+    Tags: tuple[str, ...]
+    Meta: dict[str, str]
+    Port: int
+    Address: str
+    Weights: Weights
+    EnableTagOverride: bool
+    Datacenter: str
+    PeerName: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class CheckView(msgspec.Struct, frozen=True):
+    Node: str
+    CheckID: str
+    Name: str
+    Status: str
+    Notes: str
+    Output: str
+    ServiceID: str
+    ServiceName: str
+    ServiceTags: tuple[str, ...]
+    Type: str
+    PeerName: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class HealthEntry(msgspec.Struct, frozen=True):
+    Node: NodeView
+    Service: AgentServiceView
+    Checks: tuple[CheckView, ...]
+
+
+class CatalogEntry(msgspec.Struct, frozen=True):
+    ID: str
+    Node: str
+    Address: str
+    Datacenter: str
+    TaggedAddresses: dict[str, str]
+    NodeMeta: dict[str, str]
+    ServiceID: str
+    ServiceName: str
+    ServiceAddress: str
+    ServiceTags: tuple[str, ...]
+    ServiceMeta: dict[str, str]
+    ServicePort: int
+    ServiceWeights: Weights
+    ServiceEnableTagOverride: bool
+    CreateIndex: int
+    ModifyIndex: int
+    PeerName: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class AgentSelfConfig(msgspec.Struct, frozen=True):
+    Datacenter: str
+    NodeName: str
+    NodeID: str
+    Version: str
+    Server: bool
+
+
+class AgentSelfMember(msgspec.Struct, frozen=True):
+    Name: str
+    Addr: str
+    Port: int
+    Tags: dict[str, str]
+    Status: int
+
+
+class AgentSelf(msgspec.Struct, frozen=True):
+    Config: AgentSelfConfig
+    Member: AgentSelfMember
+    Meta: dict[str, str]
+
+
+class CheckUpdate(msgspec.Struct, frozen=True):
+    """Body of ``PUT /v1/agent/check/update/{id}``."""
+
+    Status: CheckStatus
+    Output: str = ""
+
+
+# --- helpers other route modules may reuse -----------------------------------------------
+
+
+def json_response(value: Any, status: int = 200, index: int | None = None) -> Response:
+    """Encode ``value`` (Structs, lists, dicts) as JSON; set X-Consul-Index when given."""
+    headers = {}
+    if index is not None:
+        headers = {
+            "X-Consul-Index": str(index),
+            "X-Consul-KnownLeader": "true",
+            "X-Consul-LastContact": "0",
+        }
+    return Response(_encoder.encode(value), status, headers=headers, media_type="application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes without buffering it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body too large: {declared} bytes, limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body too large: over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """Decode a JSON body to plain values; malformed JSON is a 400."""
+    body = await read_body(request, limit)
+    if not body.strip():
+        raise ApiError(400, "request body is empty: expected a JSON object")
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+
+
+def convert(value: Any, type_: type[T], what: str) -> T:
+    """Plain decoded JSON -> Struct; wrong types are a 400 naming the field."""
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, f"invalid {what}: {exc}") from None
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+
+class MetricsMiddleware:
+    """Counts every request by route template, method and status code."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "?")
+            metrics.HTTP_REQUESTS.labels(template, method, str(status)).inc()
+            metrics.HTTP_DURATION.labels(template, method).observe(time.perf_counter() - started)
+
+
+class Api:
+    """The handlers, bound to one store, notifier and config."""
+
+    def __init__(self, store: Store, notifier: IndexNotifier, config: AgentConfig) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.config = config
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        # Store calls may fsync; keep them off the event loop.
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    # --- query parameters ---
+
+    async def block(self, request: Request) -> None:
+        """Consul blocking query: wait until the index passes ``?index`` or ``?wait`` ends."""
+        raw = request.query_params.get("index")
+        if raw is None:
+            return
+        if not raw.isdigit():
+            raise ApiError(400, f"invalid index {raw!r}: expected a non-negative integer")
+        wait = DEFAULT_WAIT_SECONDS
+        if "wait" in request.query_params:
+            try:
+                wait = catalog.parse_duration(request.query_params["wait"], "wait")
+            except CatalogError as exc:
+                raise ApiError(400, str(exc)) from None
+        wait = min(wait, MAX_WAIT_SECONDS)
+        with anyio.move_on_after(wait):
+            await self.notifier.wait_beyond(int(raw))
+
+    def peer_param(self, request: Request) -> str | None:
+        peer = request.query_params.get("peer")
+        if peer is None or peer == "":
+            return None
+        try:
+            return validate_peer_name(peer)
+        except InvalidName as exc:
+            raise ApiError(400, str(exc)) from None
+
+    def common_params(self, request: Request) -> None:
+        if request.query_params.get("filter"):
+            raise ApiError(400, "the filter parameter is not supported by this agent")
+        dc = request.query_params.get("dc")
+        if dc and dc != self.config.name:
+            raise ApiError(
+                400, f"unknown datacenter {dc!r}: this agent serves {self.config.name!r}"
+            )
+
+    # --- views ---
+
+    def node(self, peer: str | None, address: str = "") -> NodeView:
+        if peer is None:
+            return NodeView(
+                "", self.config.name, self.config.node_address, self.config.name, {}, {}
+            )
+        return NodeView("", peer, address, peer, {}, {}, PeerName=peer)
+
+    def agent_service(self, inst: ServiceInstance, peer: str | None) -> AgentServiceView:
+        return AgentServiceView(
+            ID=inst.ID,
+            Service=inst.Name,
+            Tags=inst.Tags,
+            Meta=inst.Meta,
+            Port=inst.Port,
+            Address=inst.Address,
+            Weights=Weights(),
+            EnableTagOverride=False,
+            Datacenter=peer or self.config.name,
+            PeerName=peer if peer is not None else msgspec.UNSET,
+        )
+
+    def check_view(self, check: HealthCheck, inst: ServiceInstance | None, node: str) -> CheckView:
+        return CheckView(
+            Node=node,
+            CheckID=check.CheckID,
+            Name=check.Name,
+            Status=str(check.Status),
+            Notes=check.Notes,
+            Output=check.Output,
+            ServiceID=check.ServiceID,
+            ServiceName=check.ServiceName,
+            ServiceTags=inst.Tags if inst else (),
+            Type="ttl" if check.TTLSeconds > 0 else "",
+        )
+
+    # --- read endpoints ---
+
+    def _read_instances(self, peer: str | None, name: str | None) -> tuple[int, list[Any]]:
+        # Index first: data is at least as new as the index, so a client never misses a change.
+        index = self.store.index
+        if peer is None:
+            return index, self.store.list_local(name)
+        return index, self.store.imported_instances(peer, name)
+
+    async def catalog_services(self, request: Request) -> Response:
+        self.common_params(request)
+        peer = self.peer_param(request)
+        await self.block(request)
+        index, rows = await self.call(self._read_instances, peer, None)
+        instances = [r if peer else r.Instance for r in rows]
+        return json_response(catalog.service_tags(instances), index=index)
+
+    def _service_name(self, request: Request) -> str:
+        try:
+            return validate_service_name(request.path_params["name"])
+        except InvalidName as exc:
+            raise ApiError(400, str(exc)) from None
+
+    async def catalog_service(self, request: Request) -> Response:
+        self.common_params(request)
+        name = self._service_name(request)
+        peer = self.peer_param(request)
+        tag = request.query_params.get("tag")
+        await self.block(request)
+        index, rows = await self.call(self._read_instances, peer, name)
+        entries = []
+        for row in rows:
+            inst: ServiceInstance = row if peer else row.Instance
+            if tag is not None and tag not in inst.Tags:
+                continue
+            node = self.node(peer, inst.Address)
+            entries.append(
+                CatalogEntry(
+                    ID="",
+                    Node=node.Node,
+                    Address=node.Address,
+                    Datacenter=node.Datacenter,
+                    TaggedAddresses={},
+                    NodeMeta={},
+                    ServiceID=inst.ID,
+                    ServiceName=inst.Name,
+                    ServiceAddress=inst.Address,
+                    ServiceTags=inst.Tags,
+                    ServiceMeta=inst.Meta,
+                    ServicePort=inst.Port,
+                    ServiceWeights=Weights(),
+                    ServiceEnableTagOverride=False,
+                    CreateIndex=0 if peer else row.CreateIndex,
+                    ModifyIndex=0 if peer else row.ModifyIndex,
+                    PeerName=peer if peer is not None else msgspec.UNSET,
+                )
+            )
+        return json_response(entries, index=index)
+
+    async def health_service(self, request: Request) -> Response:
+        self.common_params(request)
+        name = self._service_name(request)
+        peer = self.peer_param(request)
+        tag = request.query_params.get("tag")
+        # Consul treats a bare ``?passing`` as true.
+        passing = request.query_params.get("passing", "false").lower() not in ("false", "0")
+        await self.block(request)
+        index, rows = await self.call(self._read_instances, peer, name)
+        instances = [r if peer else r.Instance for r in rows]
+        entries = []
+        for inst in catalog.filter_health(instances, passing=passing, tag=tag):
+            node = self.node(peer, inst.Address)
+            checks = tuple(self.check_view(c, inst, node.Node) for c in inst.Checks)
+            if peer is not None:
+                checks = tuple(msgspec.structs.replace(c, PeerName=peer) for c in checks)
+            entries.append(HealthEntry(node, self.agent_service(inst, peer), checks))
+        return json_response(entries, index=index)
+
+    async def exported_services(self, request: Request) -> Response:
+        await self.block(request)
+        index = self.store.index
+        return json_response(await self.call(self.store.exported_summary), index=index)
+
+    # --- agent endpoints ---
+
+    async def register(self, request: Request) -> Response:
+        body = await read_json(request, self.config.max_body_bytes)
+        try:
+            instance = catalog.decode_registration(body)
+        except CatalogError as exc:
+            raise ApiError(400, f"invalid service registration: {exc}") from None
+        try:
+            await self.call(self.store.register, instance, "api")
+        except StoreError as exc:
+            raise ApiError(400, f"invalid service registration: {exc}") from None
+        return Response(b"", 200)
+
+    async def deregister(self, request: Request) -> Response:
+        service_id = request.path_params["service_id"]
+        if not await self.call(self.store.deregister, service_id):
+            raise ApiError(404, f"Unknown service ID {service_id!r}")
+        return Response(b"", 200)
+
+    async def _set_check(self, check_id: str, status: CheckStatus, output: str | None) -> Response:
+        if not await self.call(self.store.update_check, check_id, status, output):
+            raise ApiError(404, f"Unknown check ID {check_id!r}")
+        return Response(b"", 200)
+
+    async def check_pass(self, request: Request) -> Response:
+        note = request.query_params.get("note")
+        return await self._set_check(request.path_params["check_id"], CheckStatus.PASSING, note)
+
+    async def check_warn(self, request: Request) -> Response:
+        note = request.query_params.get("note")
+        return await self._set_check(request.path_params["check_id"], CheckStatus.WARNING, note)
+
+    async def check_fail(self, request: Request) -> Response:
+        note = request.query_params.get("note")
+        return await self._set_check(request.path_params["check_id"], CheckStatus.CRITICAL, note)
+
+    async def check_update(self, request: Request) -> Response:
+        update = convert(
+            await read_json(request, self.config.max_body_bytes), CheckUpdate, "check update"
+        )
+        return await self._set_check(request.path_params["check_id"], update.Status, update.Output)
+
+    async def agent_services(self, request: Request) -> Response:
+        instances = await self.call(self.store.instances)
+        return json_response({inst.ID: self.agent_service(inst, None) for inst in instances})
+
+    async def agent_service_one(self, request: Request) -> Response:
+        inst = await self.call(self.store.instance, request.path_params["service_id"])
+        if inst is None:
+            raise ApiError(404, f"Unknown service ID {request.path_params['service_id']!r}")
+        return json_response(self.agent_service(inst, None))
+
+    async def agent_checks(self, request: Request) -> Response:
+        checks = await self.call(self.store.checks)
+        return json_response(
+            {c.CheckID: self.check_view(c, None, self.config.name) for c in checks}
+        )
+
+    async def agent_self(self, request: Request) -> Response:
+        cfg = self.config
+        return json_response(
+            AgentSelf(
+                Config=AgentSelfConfig(cfg.name, cfg.name, "", __version__, True),
+                Member=AgentSelfMember(cfg.name, cfg.node_address, cfg.http_port, {}, 1),
+                Meta={},
+            )
+        )
+
+    async def status_leader(self, request: Request) -> Response:
+        # Consul answers with a JSON string; a single agent is always its own leader.
+        return json_response(f"{self.config.node_address}:{self.config.http_port}")
+
+    async def status_peers(self, request: Request) -> Response:
+        return json_response([f"{self.config.node_address}:{self.config.http_port}"])
+
+    # --- config entries ---
+
+    async def config_put(self, request: Request) -> Response:
+        body = await read_json(request, self.config.max_body_bytes)
+        kind = body.get("Kind") if isinstance(body, dict) else None
+        if kind != catalog.EXPORTED_SERVICES_KIND:
+            raise ApiError(
+                400,
+                f"unsupported config entry Kind {kind!r}: only 'exported-services' is supported",
+            )
+        entry = convert(body, ExportedServicesEntry, "exported-services entry")
+        try:
+            entry = catalog.validate_exported(entry)
+        except CatalogError as exc:
+            raise ApiError(400, f"invalid exported-services entry: {exc}") from None
+        await self.call(self.store.set_exported_services, entry)
+        return json_response(True)
+
+    def _config_path(self, request: Request) -> None:
+        kind, name = request.path_params["kind"], request.path_params["name"]
+        if kind != catalog.EXPORTED_SERVICES_KIND:
+            raise ApiError(400, f"unsupported config entry kind {kind!r}")
+        if name != catalog.EXPORTED_SERVICES_NAME:
+            raise ApiError(404, f"config entry not found for {kind!r} / {name!r}")
+
+    async def config_get(self, request: Request) -> Response:
+        self._config_path(request)
+        await self.block(request)
+        index = self.store.index
+        entry = await self.call(self.store.exported_services)
+        if entry is None:
+            raise ApiError(404, "config entry not found for 'exported-services' / 'default'")
+        return json_response(entry, index=index)
+
+    async def config_delete(self, request: Request) -> Response:
+        self._config_path(request)
+        await self.call(self.store.delete_exported_services)
+        return json_response(True)
+
+    async def prometheus(self, request: Request) -> Response:
+        metrics.CATALOG_INDEX.set(self.notifier.index)
+        return Response(generate_latest(), 200, media_type=CONTENT_TYPE_LATEST)
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/agent/service/register", self.register, methods=["PUT"]),
+            Route("/v1/agent/service/deregister/{service_id}", self.deregister, methods=["PUT"]),
+            Route("/v1/agent/service/{service_id}", self.agent_service_one, methods=["GET"]),
+            Route("/v1/agent/services", self.agent_services, methods=["GET"]),
+            Route("/v1/agent/checks", self.agent_checks, methods=["GET"]),
+            Route("/v1/agent/check/pass/{check_id}", self.check_pass, methods=["PUT"]),
+            Route("/v1/agent/check/warn/{check_id}", self.check_warn, methods=["PUT"]),
+            Route("/v1/agent/check/fail/{check_id}", self.check_fail, methods=["PUT"]),
+            Route("/v1/agent/check/update/{check_id}", self.check_update, methods=["PUT"]),
+            Route("/v1/agent/self", self.agent_self, methods=["GET"]),
+            Route("/v1/config", self.config_put, methods=["PUT"]),
+            Route("/v1/config/{kind}/{name}", self.config_get, methods=["GET"]),
+            Route("/v1/config/{kind}/{name}", self.config_delete, methods=["DELETE"]),
+            Route("/v1/exported-services", self.exported_services, methods=["GET"]),
+            Route("/v1/catalog/services", self.catalog_services, methods=["GET"]),
+            Route("/v1/catalog/service/{name}", self.catalog_service, methods=["GET"]),
+            Route("/v1/health/service/{name}", self.health_service, methods=["GET"]),
+            Route("/v1/status/leader", self.status_leader, methods=["GET"]),
+            Route("/v1/status/peers", self.status_peers, methods=["GET"]),
+            Route("/metrics", self.prometheus, methods=["GET"]),
+        ]
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return PlainTextResponse(exc.message + "\n", exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return PlainTextResponse(message + "\n", exc.status_code, headers=exc.headers)
+
+
+def create_app(
+    store: Store,
+    notifier: IndexNotifier,
+    config: AgentConfig,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """Build the agent's ASGI app; ``extra_routes`` is the seam for the peering API."""
+    api = Api(store, notifier, config)
+    app = Starlette(
+        routes=[*api.routes(), *extra_routes],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    )
+    app.add_middleware(MetricsMiddleware)
+    return app

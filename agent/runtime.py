@@ -1,0 +1,269 @@
+"""The agent process: one anyio task group owning every loop.
+
+Children: the HTTP server (uvicorn, ready once it listens), the TTL expiry ticker, the services
+file watcher and the signal watcher. SIGINT/SIGTERM ask uvicorn to drain (2 s grace for open
+blocking queries) and then cancel the group, well inside 5 s. A child that raises is logged with
+its name and takes the whole agent down (the CLI exits non-zero): never half alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import msgspec
+import uvicorn
+from starlette.routing import BaseRoute
+
+from agent import metrics
+from agent.catalog import CatalogError, decode_services_file
+from agent.config import AgentConfig, LogFormat
+from agent.httpapi import create_app
+from agent.model import ServiceInstance
+from agent.store import IndexNotifier, Store, StoreError
+
+log = logging.getLogger("agent")
+
+SERVICES_FILE_POLL_SECONDS = 1.0
+HTTP_GRACE_SECONDS = 2
+STOP_DEADLINE_SECONDS = 4.0
+
+
+class AgentError(Exception):
+    """The agent cannot start or keep running for a reason the operator can fix."""
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return msgspec.json.encode(doc).decode()
+
+
+def configure_logging(config: AgentConfig) -> None:
+    handler = logging.StreamHandler()
+    if config.log_format is LogFormat.JSON:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: signals belong to the task group."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _bind(config: AgentConfig) -> socket.socket:
+    # Binding ourselves turns "address in use" into a clear error instead of uvicorn's exit().
+    host, port = config.http_host, config.http_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AgentError(f"cannot listen on {config.http}: {exc.strerror}") from None
+    return sock
+
+
+async def _supervised(name: str, fn: Callable[[], Awaitable[None]]) -> None:
+    """Run a child; if it fails, say which one before the failure stops the agent."""
+    try:
+        await fn()
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception as exc:
+        log.error("task %s failed, stopping the agent: %s: %s", name, type(exc).__name__, exc)
+        raise
+
+
+async def _serve_http(
+    server: _Server,
+    sock: socket.socket,
+    stopped: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            stopped.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_supervised, "http", serve)
+        while not server.started:
+            if stopped.is_set():
+                raise AgentError("HTTP server stopped before it was ready")
+            await anyio.sleep(0.01)
+        task_status.started()
+    if not server.should_exit:
+        raise AgentError("HTTP server stopped unexpectedly")
+
+
+async def _ttl_ticker(store: Store, interval: float) -> None:
+    while True:
+        expired = await anyio.to_thread.run_sync(store.expire_ttl_checks)
+        if expired:
+            metrics.TTL_CHECKS_EXPIRED.inc(len(expired))
+            log.info("TTL expired, checks now critical: %s", ", ".join(expired))
+        await anyio.sleep(interval)
+
+
+def _read_services_file(path: Path) -> list[ServiceInstance]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CatalogError(f"cannot read: {exc.strerror}") from None
+    return decode_services_file(data, path.suffix.lower())
+
+
+def _file_signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+async def _watch_services_file(
+    store: Store,
+    path: Path,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Load the services file, then reload it whenever its mtime or size changes.
+
+    A bad file is logged and counted and the previous registrations stay: a typo in a
+    config file must not deregister a fleet.
+    """
+    last: tuple[int, int] | None = None
+    started = False
+    while True:
+        signature = _file_signature(path)
+        if signature != last or not started:
+            last = signature
+            try:
+                instances = await anyio.to_thread.run_sync(_read_services_file, path)
+                await anyio.to_thread.run_sync(store.sync_file_services, instances)
+            except (CatalogError, StoreError) as exc:
+                metrics.SERVICES_FILE_RELOADS.labels("error").inc()
+                log.error("services file %s ignored, keeping previous registrations: %s", path, exc)
+            else:
+                metrics.SERVICES_FILE_RELOADS.labels("ok").inc()
+                log.info("services file %s loaded: %d service(s)", path, len(instances))
+        if not started:
+            started = True
+            task_status.started()
+        await anyio.sleep(SERVICES_FILE_POLL_SECONDS)
+
+
+async def _stop_on_signal(
+    scope: anyio.CancelScope, server: _Server, http_stopped: anyio.Event
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            server.should_exit = True
+            with anyio.move_on_after(STOP_DEADLINE_SECONDS - 0.5):
+                await http_stopped.wait()
+            scope.cancel()
+            return
+
+
+async def run_agent(
+    config: AgentConfig,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the agent until a signal arrives (returns) or a child fails (raises)."""
+    started_at = time.monotonic()
+    try:
+        store = await anyio.to_thread.run_sync(Store.open, Path(config.data_dir))
+    except Exception as exc:  # sqlite3.Error, OSError: an unusable data dir
+        raise AgentError(f"cannot open state in {config.data_dir}: {exc}") from None
+    try:
+        notifier = IndexNotifier()
+        notifier.bind(store.index)
+        store.set_on_change(notifier.notify)
+        sock = _bind(config)
+        app = create_app(store, notifier, config, extra_routes=extra_routes)
+        server = _Server(
+            uvicorn.Config(
+                app,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
+            )
+        )
+        http_stopped = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope, server, http_stopped)
+            await tg.start(_serve_http, server, sock, http_stopped)
+            tg.start_soon(
+                _supervised, "ttl-expiry", lambda: _ttl_ticker(store, config.ttl_tick_seconds)
+            )
+            if config.services_file:
+                path = Path(config.services_file)
+                await tg.start(_watch_services_file, store, path)
+            log.info(
+                "agent %s ready: HTTP on http://%s, data dir %s (%.2fs)",
+                config.name,
+                config.http,
+                config.data_dir,
+                time.monotonic() - started_at,
+            )
+            task_status.started()
+        log.info("agent %s stopped", config.name)
+    finally:
+        store.set_on_change(None)
+        store.close()
+
+
+def run(config: AgentConfig) -> int:
+    """Blocking entry point for the CLI: the process exit code."""
+    configure_logging(config)
+    try:
+        anyio.run(run_agent, config)
+    except AgentError as exc:
+        log.error("agent stopped: %s", exc)
+        return 1
+    except BaseExceptionGroup as group:
+        first = _first_leaf(group)
+        log.error(
+            "agent stopped after a failure: %s: %s", type(first).__name__, first, exc_info=first
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
