@@ -14,7 +14,9 @@ def test_b64_roundtrip_is_unpadded_url_safe() -> None:
     """base64url encoding has no padding or '+/' and decodes back exactly."""
     data = bytes(range(256))
     text = crypto.b64encode(data)
-    assert "=" not in text and "+" not in text and "/" not in text
+    assert "=" not in text
+    assert "+" not in text
+    assert "/" not in text
     assert crypto.b64decode(text) == data
 
 

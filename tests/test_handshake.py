@@ -28,7 +28,9 @@ def test_accepted_handshake_derives_same_stream_keys() -> None:
     answer_wire = handshake.decode_bootstrap(handshake.encode_bootstrap(answer))
     assert isinstance(answer_wire, handshake.SealedResponse)
     response = handshake.open_response(pending, answer_wire)
-    assert response.Accepted and response.Reason is None and response.AcceptorName == "alpha"
+    assert response.Accepted
+    assert response.Reason is None
+    assert response.AcceptorName == "alpha"
     dialer_root = handshake.dialer_stream_root(pending)
     assert dialer_root == handshake.acceptor_stream_root(opened, issued.record, acceptor_private)
     direction = keys.Direction.ACCEPTOR_TO_DIALER
@@ -47,7 +49,8 @@ def test_request_never_contains_the_secret() -> None:
     issued, _, sealed, _ = handshake_roundtrip()
     raw = handshake.encode_bootstrap(sealed)
     assert issued.token.Secret not in raw
-    assert b"beta" not in raw and b"alpha" not in raw
+    assert b"beta" not in raw
+    assert b"alpha" not in raw
 
 
 def _decide(
@@ -136,7 +139,7 @@ def test_every_refusal_has_its_own_message() -> None:
 
 def test_refusal_reaches_the_dialer() -> None:
     """A refusal travels sealed and the dialer reads reason and message."""
-    issued, acceptor_private, sealed, pending = handshake_roundtrip()
+    _issued, acceptor_private, sealed, pending = handshake_roundtrip()
     opened = handshake.open_request(sealed, acceptor_private)
     answer = handshake.seal_response(
         opened,
@@ -146,7 +149,8 @@ def test_refusal_reaches_the_dialer() -> None:
         now=NOW,
     )
     response = handshake.open_response(pending, answer)
-    assert not response.Accepted and response.Reason is RefusalReason.REUSED
+    assert not response.Accepted
+    assert response.Reason is RefusalReason.REUSED
     assert "already used" in response.Message
 
 
@@ -189,7 +193,7 @@ def test_forged_response_is_rejected_by_dialer() -> None:
 
 def test_response_for_another_request_is_rejected() -> None:
     """A genuine response to a different request does not answer this one."""
-    issued, acceptor_private, sealed, _ = handshake_roundtrip(seed=1)
+    _issued, acceptor_private, sealed, _ = handshake_roundtrip(seed=1)
     _, _, _, other_pending = handshake_roundtrip(seed=2)
     opened = handshake.open_request(sealed, acceptor_private)
     answer = handshake.seal_response(

@@ -49,9 +49,12 @@ def test_token_carries_what_promise_1_lists() -> None:
     """Token has acceptor name, peering id, servers, topic, public key, secret and expiry."""
     token, _ = issue()
     t = token.token
-    assert t.AcceptorName == "alpha" and t.PeerName == "beta"
-    assert t.BootstrapServers == ("kafka-a:9092",) and t.BootstrapTopic
-    assert len(t.AcceptorPublicKey) == 32 and len(t.Secret) == 32
+    assert t.AcceptorName == "alpha"
+    assert t.PeerName == "beta"
+    assert t.BootstrapServers == ("kafka-a:9092",)
+    assert t.BootstrapTopic
+    assert len(t.AcceptorPublicKey) == 32
+    assert len(t.Secret) == 32
     assert t.ExpiresAt == NOW + 3600
 
 
@@ -125,4 +128,5 @@ def test_revoke_and_mark_used_change_status() -> None:
     issued, _ = issue()
     assert revoke(issued.record).Status is TokenStatus.REVOKED
     used = mark_used(issued.record, b"nonce")
-    assert used.Status is TokenStatus.USED and used.UsedByNonce == b"nonce"
+    assert used.Status is TokenStatus.USED
+    assert used.UsedByNonce == b"nonce"

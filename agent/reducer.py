@@ -1,0 +1,394 @@
+"""Pure stream cores: the importer's reducer and the exporter's publish planner.
+
+Importer: ``apply(state, offset, decoded, now)`` folds one decoded record into an
+``ImportState`` and returns plain-value effects. The shell commits the new state (imported
+instances, LastOffset, LastSeq) and the record in one SQLite transaction, so re-reading the
+same records after a crash changes nothing: a record at or below LastOffset is ignored
+(exactly-once effect, promise 5). The same fold runs live, in ``replay`` and in ``rebuild``
+(resync from the compacted topic, promise 8).
+
+Exporter: ``reconcile(state, desired, now)`` compares the exported view with what was last
+published (fingerprints) and returns the events to publish, with Epoch and Seq assigned.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+
+import msgspec
+
+from agent import crypto
+from agent.model import ServiceInstance
+from agent.wire import keys
+from agent.wire.envelope import Decoded, Reject, decode_record
+from agent.wire.events import (
+    Event,
+    Heartbeat,
+    InstanceRemove,
+    InstanceUpsert,
+    KeyRotation,
+    StreamHead,
+    Terminated,
+    UnknownEvent,
+)
+from agent.wire.keys import StreamKeyring
+from agent.wire.reasons import RejectReason
+
+# ---------------------------------------------------------------------------------------
+# Importer side
+
+
+class ResyncReason(enum.StrEnum):
+    """Why the importer must rebuild the peer's imported set (metric label)."""
+
+    SEQ_GAP = "seq_gap"
+    OFFSET_RESET = "offset_reset"
+    EPOCH_JUMP = "epoch_jump"
+    COUNT_MISMATCH = "count_mismatch"
+
+
+class ImportMode(enum.StrEnum):
+    """LIVE reacts to gaps with ResyncRequired; REBUILD expects compaction gaps."""
+
+    LIVE = "live"
+    REBUILD = "rebuild"
+
+
+class ImportState(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the importer knows about one stream; persisted atomically by the shell."""
+
+    Instances: dict[str, ServiceInstance] = msgspec.field(default_factory=dict)
+    LastOffset: int = -1
+    LastSeq: int = 0
+    # Epoch of the last applied event; 0 before the first one.
+    Epoch: int = 0
+    # Highest epoch announced by a KeyRotation; records in it are expected, not a jump.
+    AnnouncedEpoch: int = 0
+    LastReceiveAt: float = 0.0
+    LastHeartbeatAt: float = 0.0
+    PeerLiveKeys: int = -1
+    Terminated: bool = False
+
+
+class Upserted(msgspec.Struct, frozen=True):
+    key: str
+    instance: ServiceInstance
+
+
+class Removed(msgspec.Struct, frozen=True):
+    key: str
+
+
+class HeartbeatSeen(msgspec.Struct, frozen=True):
+    sent_at: float
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    reason: RejectReason
+    offset: int
+    detail: str = ""
+
+
+class ResyncRequired(msgspec.Struct, frozen=True):
+    why: ResyncReason
+    detail: str = ""
+
+
+class RotatedKeys(msgspec.Struct, frozen=True):
+    """The shell must call keys.accept_rotation before decoding the next record."""
+
+    new_epoch: int
+    rotation_public_key: bytes
+
+
+class RetireEpochs(msgspec.Struct, frozen=True):
+    below: int
+
+
+class PeerTerminated(msgspec.Struct, frozen=True):
+    reason: str
+
+
+Effect = (
+    Upserted
+    | Removed
+    | HeartbeatSeen
+    | Rejected
+    | ResyncRequired
+    | RotatedKeys
+    | RetireEpochs
+    | PeerTerminated
+)
+
+
+def apply(
+    state: ImportState,
+    offset: int,
+    decoded: Decoded,
+    now: float,
+    mode: ImportMode = ImportMode.LIVE,
+) -> tuple[ImportState, list[Effect]]:
+    """Fold one record (at Kafka ``offset``) into the state. Never raises for bad input."""
+    instances = state.Instances  # copied on first write only
+    new_state, effects, changes = _fold(state, offset, decoded, now, mode)
+    if changes:
+        instances = dict(instances)
+        for key, instance in changes:
+            if instance is None:
+                instances.pop(key, None)
+            else:
+                instances[key] = instance
+        new_state = msgspec.structs.replace(new_state, Instances=instances)
+    return new_state, effects
+
+
+_Change = tuple[str, ServiceInstance | None]
+
+
+def _fold(
+    state: ImportState, offset: int, decoded: Decoded, now: float, mode: ImportMode
+) -> tuple[ImportState, list[Effect], list[_Change]]:
+    replace = msgspec.structs.replace
+    if offset <= state.LastOffset:
+        if not isinstance(decoded, Reject) and decoded.Seq > state.LastSeq:
+            # New events at old offsets: the topic was recreated or truncated.
+            why = ResyncRequired(ResyncReason.OFFSET_RESET, f"offset {offset}")
+            return state, [why], []
+        return state, [], []  # already applied: exactly-once effect
+    if isinstance(decoded, Reject):
+        return replace(state, LastOffset=offset), [_rejected(decoded, offset)], []
+    if decoded.Seq <= state.LastSeq:
+        rejected = Rejected(RejectReason.REPLAY, offset, f"seq {decoded.Seq}")
+        return replace(state, LastOffset=offset), [rejected], []
+    if decoded.Epoch < state.Epoch:
+        rejected = Rejected(RejectReason.OLD_EPOCH, offset, f"epoch {decoded.Epoch}")
+        return replace(state, LastOffset=offset), [rejected], []
+    effects: list[Effect] = []
+    live = mode is ImportMode.LIVE
+    if live and state.LastSeq and decoded.Seq != state.LastSeq + 1:
+        effects.append(ResyncRequired(ResyncReason.SEQ_GAP, f"{state.LastSeq}->{decoded.Seq}"))
+    if live and state.Epoch and decoded.Epoch > max(state.Epoch, state.AnnouncedEpoch):
+        effects.append(ResyncRequired(ResyncReason.EPOCH_JUMP, f"epoch {decoded.Epoch}"))
+    state = replace(
+        state, LastOffset=offset, LastSeq=decoded.Seq, Epoch=decoded.Epoch, LastReceiveAt=now
+    )
+    changes: list[_Change] = []
+    event_effects, state = _dispatch(state, decoded, offset, now, changes)
+    effects.extend(event_effects)
+    if live and isinstance(decoded, Heartbeat | StreamHead) and decoded.LiveKeys >= 0:
+        # Heartbeats and heads change no instance, so the count is the current one.
+        count = len(state.Instances)
+        if count != decoded.LiveKeys:
+            detail = f"peer has {decoded.LiveKeys} live keys, we have {count}"
+            effects.append(ResyncRequired(ResyncReason.COUNT_MISMATCH, detail))
+    return state, effects, changes
+
+
+def _dispatch(
+    state: ImportState,
+    event: Event | UnknownEvent,
+    offset: int,
+    now: float,
+    changes: list[_Change],
+) -> tuple[list[Effect], ImportState]:
+    replace = msgspec.structs.replace
+    match event:
+        case InstanceUpsert():
+            changes.append((event.Key, event.Instance))
+            return [Upserted(event.Key, event.Instance)], state
+        case InstanceRemove():
+            if event.Key not in state.Instances:
+                return [], state
+            changes.append((event.Key, None))
+            return [Removed(event.Key)], state
+        case Heartbeat():
+            state = replace(state, LastHeartbeatAt=now, PeerLiveKeys=event.LiveKeys)
+            return [HeartbeatSeen(event.SentAt)], state
+        case KeyRotation():
+            state = replace(state, AnnouncedEpoch=max(state.AnnouncedEpoch, event.NewEpoch))
+            return [RotatedKeys(event.NewEpoch, event.RotationPublicKey)], state
+        case StreamHead():
+            state = replace(state, PeerLiveKeys=event.LiveKeys)
+            retire: list[Effect] = []
+            if event.RetireEpochsBelow > 0:
+                retire.append(RetireEpochs(event.RetireEpochsBelow))
+            return retire, state
+        case Terminated():
+            return [PeerTerminated(event.Reason)], replace(state, Terminated=True)
+        case UnknownEvent():
+            # Authentic but from a newer peer: its Seq is consumed, its content skipped.
+            return [Rejected(RejectReason.UNKNOWN_TYPE, offset, event.Type)], state
+
+
+def _rejected(reject: Reject, offset: int) -> Rejected:
+    return Rejected(reject.reason, offset, reject.detail)
+
+
+Record = tuple[int, bytes | None, bytes | None]
+"""(offset, key, value) of one Kafka record, as the consumer hands it over."""
+
+
+class ReplayStep(msgspec.Struct, frozen=True):
+    """One record of an offline replay: what it decoded to and what it did."""
+
+    offset: int
+    decoded: Decoded
+    effects: list[Effect]
+    state: ImportState
+
+
+def replay(
+    records: Iterable[Record],
+    keyring: StreamKeyring,
+    importer_static_private: bytes,
+    now: float,
+    state: ImportState | None = None,
+    mode: ImportMode = ImportMode.REBUILD,
+) -> Iterator[tuple[ReplayStep, StreamKeyring]]:
+    """Decode and fold records in offset order, following key rotations on the way.
+    The ``peering replay`` command and ``rebuild`` both run this."""
+    state = state or ImportState()
+    for offset, key, value in records:
+        decoded = decode_record(keyring, key, value)
+        state, effects = apply(state, offset, decoded, now, mode)
+        for effect in effects:
+            if isinstance(effect, RotatedKeys):
+                keyring = keys.accept_rotation(
+                    keyring, effect.new_epoch, effect.rotation_public_key, importer_static_private
+                )
+            elif isinstance(effect, RetireEpochs) and mode is ImportMode.LIVE:
+                # A rebuild may still meet older epochs further on; only live use retires.
+                keyring = keys.retire_epochs(keyring, effect.below)
+        yield ReplayStep(offset, decoded, effects, state), keyring
+
+
+def rebuild(
+    records: Iterable[Record],
+    keyring: StreamKeyring,
+    importer_static_private: bytes,
+    now: float,
+) -> tuple[ImportState, StreamKeyring, list[Rejected]]:
+    """Rebuild a stream's imported set from its (compacted) topic, for an atomic swap."""
+    state, final_keyring, rejects = ImportState(), keyring, list[Rejected]()
+    for step, step_keyring in replay(records, keyring, importer_static_private, now):
+        state, final_keyring = step.state, step_keyring
+        rejects.extend(e for e in step.effects if isinstance(e, Rejected))
+    return state, final_keyring, rejects
+
+
+# ---------------------------------------------------------------------------------------
+# Exporter side
+
+
+class PublisherState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the exporter last published on one stream; persisted after the broker acked."""
+
+    Epoch: int = keys.FIRST_EPOCH
+    NextSeq: int = 1
+    Published: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+_DETERMINISTIC = msgspec.json.Encoder(order="deterministic")
+
+
+def fingerprint(instance: ServiceInstance) -> str:
+    """A stable digest of an instance's content (Meta order does not matter)."""
+    return hashlib.sha256(_DETERMINISTIC.encode(instance)).hexdigest()[:32]
+
+
+def reconcile(
+    state: PublisherState,
+    desired: Mapping[str, ServiceInstance],
+    now: float,
+    *,
+    head_reason: str = "",
+) -> tuple[PublisherState, list[Event]]:
+    """Events that bring the stream from ``state.Published`` to ``desired`` (keyed by
+    events.instance_key). With ``head_reason``, a StreamHead closes the batch."""
+    events: list[Event] = []
+    published = dict(state.Published)
+    seq = state.NextSeq
+    for key in sorted(desired):
+        instance = desired[key]
+        digest = fingerprint(instance)
+        if published.get(key) != digest:
+            events.append(
+                InstanceUpsert(
+                    Epoch=state.Epoch,
+                    Seq=seq,
+                    SentAt=now,
+                    Key=key,
+                    Instance=instance,
+                    ChangedAt=now,
+                )
+            )
+            published[key], seq = digest, seq + 1
+    for key in sorted(set(published) - set(desired)):
+        events.append(
+            InstanceRemove(Epoch=state.Epoch, Seq=seq, SentAt=now, Key=key, ChangedAt=now)
+        )
+        del published[key]
+        seq += 1
+    if head_reason:
+        events.append(
+            StreamHead(
+                Epoch=state.Epoch, Seq=seq, SentAt=now, LiveKeys=len(published), Reason=head_reason
+            )
+        )
+        seq += 1
+    return msgspec.structs.replace(state, NextSeq=seq, Published=published), events
+
+
+def republish_all(
+    state: PublisherState,
+    desired: Mapping[str, ServiceInstance],
+    now: float,
+    reason: str,
+    retire_epochs_below: int = 0,
+) -> tuple[PublisherState, list[Event]]:
+    """Full republish (topic lost records, or after a rotation), closed by a StreamHead.
+    Keys published before but no longer desired are removed too."""
+    fresh = msgspec.structs.replace(state, Published=dict.fromkeys(state.Published, ""))
+    state, events = reconcile(fresh, desired, now, head_reason=reason)
+    if retire_epochs_below and events and isinstance(events[-1], StreamHead):
+        events[-1] = msgspec.structs.replace(events[-1], RetireEpochsBelow=retire_epochs_below)
+    return state, events
+
+
+def heartbeat(state: PublisherState, now: float) -> tuple[PublisherState, Heartbeat]:
+    """The next heartbeat, carrying the exporter's live key count."""
+    event = Heartbeat(
+        Epoch=state.Epoch, Seq=state.NextSeq, SentAt=now, LiveKeys=len(state.Published)
+    )
+    return msgspec.structs.replace(state, NextSeq=state.NextSeq + 1), event
+
+
+def terminate(state: PublisherState, now: float, reason: str) -> tuple[PublisherState, Terminated]:
+    """The Terminated event that tells the importer the peering was deleted."""
+    event = Terminated(Epoch=state.Epoch, Seq=state.NextSeq, SentAt=now, Reason=reason)
+    return msgspec.structs.replace(state, NextSeq=state.NextSeq + 1), event
+
+
+def rotate(
+    state: PublisherState,
+    keyring: StreamKeyring,
+    importer_static_public: bytes,
+    now: float,
+    random_bytes: crypto.RandomBytes = crypto.system_random,
+) -> tuple[PublisherState, StreamKeyring, KeyRotation]:
+    """Start a key rotation: the KeyRotation event (under the current epoch) and the new
+    keyring/state at epoch+1. Follow with ``republish_all(..., retire_epochs_below=new)``."""
+    rotated, rotation_public = keys.begin_rotation(keyring, importer_static_public, random_bytes)
+    event = KeyRotation(
+        Epoch=state.Epoch,
+        Seq=state.NextSeq,
+        SentAt=now,
+        NewEpoch=rotated.CurrentEpoch,
+        RotationPublicKey=rotation_public,
+    )
+    new_state = msgspec.structs.replace(
+        state, Epoch=rotated.CurrentEpoch, NextSeq=state.NextSeq + 1
+    )
+    return new_state, rotated, event
