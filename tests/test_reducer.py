@@ -1,0 +1,322 @@
+"""Importer reducer (apply/replay/rebuild) and exporter reconcile, without Kafka."""
+
+from __future__ import annotations
+
+import msgspec
+
+from agent import crypto
+from agent.model import CheckStatus, HealthCheck, ServiceInstance
+from agent.reducer import (
+    HeartbeatSeen,
+    ImportMode,
+    ImportState,
+    PeerTerminated,
+    PublisherState,
+    Rejected,
+    Removed,
+    ResyncReason,
+    ResyncRequired,
+    RotatedKeys,
+    Upserted,
+    apply,
+    fingerprint,
+    heartbeat,
+    rebuild,
+    reconcile,
+    replay,
+    republish_all,
+    rotate,
+    terminate,
+)
+from agent.wire.envelope import Reject, decode_record, encode_event
+from agent.wire.events import Event, InstanceRemove, InstanceUpsert, UnknownEvent, instance_key
+from agent.wire.keys import StreamKeyring
+from agent.wire.reasons import RejectReason
+from tests.wire_helpers import NOW, Established, seeded_random
+
+
+def inst(n: int, status: CheckStatus = CheckStatus.PASSING) -> ServiceInstance:
+    """Instance web-n with one check."""
+    check = HealthCheck(CheckID=f"service:web-{n}", Name="ttl", Status=status)
+    return ServiceInstance(ID=f"web-{n}", Name="web", Port=8000 + n, Checks=(check,))
+
+
+def view(*ns: int) -> dict[str, ServiceInstance]:
+    """The exported view for instances web-n."""
+    return {instance_key(f"web-{n}"): inst(n) for n in ns}
+
+
+class Topic:
+    """An in-memory append-only stream topic with Kafka-like offsets and compaction."""
+
+    def __init__(self, keyring: StreamKeyring) -> None:
+        self.keyring = keyring
+        self.records: list[tuple[int, bytes | None, bytes | None]] = []
+
+    def publish(self, events: list[Event]) -> None:
+        for event in events:
+            key, value = encode_event(self.keyring, event, seeded_random(len(self.records)))
+            self.records.append((len(self.records), key, value))
+
+    def compacted(self) -> list[tuple[int, bytes | None, bytes | None]]:
+        latest = {key: offset for offset, key, _ in self.records}
+        return [r for r in self.records if latest[r[1]] == r[0]]
+
+
+def run_live(state: ImportState, topic: Topic, start: int = 0) -> tuple[ImportState, list[object]]:
+    """Feed the topic's records from ``start`` into apply, live."""
+    effects: list[object] = []
+    for offset, key, value in topic.records[start:]:
+        state, out = apply(state, offset, decode_record(topic.keyring, key, value), NOW + offset)
+        effects.extend(out)
+    return state, effects
+
+
+def test_upserts_and_removes_reach_the_imported_set() -> None:
+    """Reconciled events applied live give exactly the exporter's view."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    pub, events = reconcile(PublisherState(), view(1, 2), NOW)
+    topic.publish(events)
+    pub, events = reconcile(pub, view(2, 3), NOW)
+    topic.publish(events)
+    state, effects = run_live(ImportState(), topic)
+    assert state.Instances == view(2, 3)
+    assert Removed(instance_key("web-1")) in effects
+    assert state.LastSeq == pub.NextSeq - 1
+    assert state.LastOffset == len(topic.records) - 1
+
+
+def test_health_change_propagates() -> None:
+    """A check going critical republishes the instance and the importer sees it."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    pub, events = reconcile(PublisherState(), view(1), NOW)
+    topic.publish(events)
+    critical = {instance_key("web-1"): inst(1, CheckStatus.CRITICAL)}
+    pub, events = reconcile(pub, critical, NOW)
+    assert len(events) == 1
+    topic.publish(events)
+    state, _ = run_live(ImportState(), topic)
+    assert state.Instances[instance_key("web-1")].status is CheckStatus.CRITICAL
+
+
+def test_reapplying_records_is_idempotent() -> None:
+    """Feeding the same records again (crash before commit) changes nothing."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    topic.publish(reconcile(PublisherState(), view(1, 2, 3), NOW)[1])
+    state, _ = run_live(ImportState(), topic)
+    again, effects = run_live(state, topic)
+    assert again == state
+    assert effects == []
+
+
+def test_replayed_record_appended_later_is_rejected() -> None:
+    """An attacker re-producing an old record at a new offset gets REPLAY, no effect."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    pub, events = reconcile(PublisherState(), view(1), NOW)
+    topic.publish(events)
+    pub, events = reconcile(pub, view(), NOW)
+    topic.publish(events)
+    _, key, value = topic.records[0]
+    topic.records.append((len(topic.records), key, value))  # the old upsert again
+    state, effects = run_live(ImportState(), topic)
+    assert state.Instances == {}
+    assert effects[-1] == Rejected(RejectReason.REPLAY, 2, "seq 1")
+
+
+def test_forged_records_are_counted_and_do_nothing() -> None:
+    """Rejects advance the offset (so the shell commits past them) but change no instance."""
+    state, effects = apply(ImportState(), 5, Reject(RejectReason.DECRYPT_FAILED), NOW)
+    assert state.Instances == {}
+    assert state.LastOffset == 5
+    assert state.LastReceiveAt == 0.0
+    assert effects == [Rejected(RejectReason.DECRYPT_FAILED, 5)]
+
+
+def test_seq_gap_live_requires_resync() -> None:
+    """A missing Seq in live mode yields ResyncRequired(SEQ_GAP)."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    topic.publish(reconcile(PublisherState(), view(1, 2, 3), NOW)[1])
+    del topic.records[1]
+    _state, effects = run_live(ImportState(), topic)
+    assert any(isinstance(e, ResyncRequired) and e.why is ResyncReason.SEQ_GAP for e in effects)
+
+
+def test_offset_reset_requires_resync() -> None:
+    """New events at offsets already passed (topic recreated) yield OFFSET_RESET."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    pub, events = reconcile(PublisherState(), view(1), NOW)
+    topic.publish(events)
+    state, _ = run_live(ImportState(), topic)
+    pub, events = republish_all(pub, view(1, 2), NOW, "topic recreated")
+    fresh = Topic(peers.a2d)
+    fresh.publish(events)
+    _, effects = run_live(state, fresh)
+    assert effects[0] == ResyncRequired(ResyncReason.OFFSET_RESET, "offset 0")
+
+
+def test_old_epoch_record_after_rotation_is_rejected() -> None:
+    """After a rotation, a record sealed under the old epoch (later Seq) is OLD_EPOCH."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    pub, events = reconcile(PublisherState(), view(1), NOW)
+    topic.publish(events)
+    importer_pub = crypto.public_key(peers.dialer_private)
+    old_ring = topic.keyring
+    pub, topic.keyring, rotation = rotate(pub, topic.keyring, importer_pub, NOW, seeded_random(3))
+    topic.publish([rotation])
+    pub, events = reconcile(pub, view(1, 2), NOW)
+    topic.publish(events)
+    # An insider with the old key (or a bug) seals a newer Seq under epoch 1.
+    stale = InstanceUpsert(
+        Epoch=1,
+        Seq=pub.NextSeq,
+        SentAt=NOW,
+        Key=instance_key("web-9"),
+        Instance=inst(9),
+        ChangedAt=NOW,
+    )
+    key, value = encode_event(old_ring, stale)
+    topic.records.append((len(topic.records), key, value))
+    steps = list(replay(topic.records, peers.a2d, peers.dialer_private, NOW, mode=ImportMode.LIVE))
+    final_state = steps[-1][0].state
+    assert instance_key("web-9") not in final_state.Instances
+    assert final_state.Instances == view(1, 2)
+    assert steps[-1][0].effects == [
+        Rejected(RejectReason.OLD_EPOCH, len(topic.records) - 1, "epoch 1")
+    ]
+    assert any(isinstance(e, RotatedKeys) for step, _ in steps for e in step.effects)
+
+
+def test_rotation_loses_and_repeats_nothing() -> None:
+    """Rotation + full republish: the importer ends with the exact view, no resync."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    pub, events = reconcile(PublisherState(), view(1, 2), NOW)
+    topic.publish(events)
+    pub, topic.keyring, rotation = rotate(
+        pub, topic.keyring, crypto.public_key(peers.dialer_private), NOW
+    )
+    topic.publish([rotation])
+    pub, events = republish_all(pub, view(2, 3), NOW, "rotation", retire_epochs_below=2)
+    topic.publish(events)
+    _hb_state, hb = heartbeat(pub, NOW)
+    topic.publish([hb])
+    steps = list(replay(topic.records, peers.a2d, peers.dialer_private, NOW, mode=ImportMode.LIVE))
+    final, keyring = steps[-1]
+    assert final.state.Instances == view(2, 3)
+    assert keyring.CurrentEpoch == 2
+    assert set(keyring.EpochSecrets) == {2}
+    effects = [e for step, _ in steps for e in step.effects]
+    assert not any(isinstance(e, ResyncRequired | Rejected) for e in effects)
+
+
+def test_rebuild_from_compacted_topic_equals_exported_view() -> None:
+    """After compaction (across a rotation), rebuild yields exactly the exported view."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    pub = PublisherState()
+    for desired in (view(1, 2, 3), view(2, 3), view(2, 3, 4)):
+        pub, events = reconcile(pub, desired, NOW)
+        topic.publish(events)
+    pub, topic.keyring, rotation = rotate(
+        pub, topic.keyring, crypto.public_key(peers.dialer_private), NOW
+    )
+    topic.publish([rotation])
+    pub, events = reconcile(pub, view(3, 4, 5), NOW)
+    topic.publish(events)
+    pub, hb = heartbeat(pub, NOW)
+    topic.publish([hb])
+    compacted = topic.compacted()
+    assert len(compacted) < len(topic.records)
+    state, keyring, rejects = rebuild(compacted, peers.a2d, peers.dialer_private, NOW)
+    assert state.Instances == view(3, 4, 5)
+    assert rejects == []
+    assert keyring.CurrentEpoch == 2
+    assert state.PeerLiveKeys == 3
+
+
+def test_count_mismatch_requires_resync() -> None:
+    """A heartbeat whose live key count differs from ours yields COUNT_MISMATCH."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    pub, events = reconcile(PublisherState(), view(1, 2), NOW)
+    topic.publish(events[:1])  # the second upsert was lost (e.g. forged tombstone)
+    pub, hb = heartbeat(pub, NOW)
+    topic.publish([hb])
+    _, effects = run_live(ImportState(), topic)
+    assert any(
+        isinstance(e, ResyncRequired) and e.why is ResyncReason.COUNT_MISMATCH for e in effects
+    )
+
+
+def test_heartbeat_updates_liveness_times() -> None:
+    """A heartbeat sets LastHeartbeatAt and LastReceiveAt to the injected now."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    _, hb = heartbeat(PublisherState(), NOW)
+    topic.publish([hb])
+    state, effects = run_live(ImportState(), topic)
+    assert effects == [HeartbeatSeen(NOW)]
+    assert state.LastHeartbeatAt == NOW
+    assert state.LastReceiveAt == NOW
+
+
+def test_terminated_event() -> None:
+    """A Terminated event marks the state and yields PeerTerminated."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    _, event = terminate(PublisherState(), NOW, "deleted by operator")
+    topic.publish([event])
+    state, effects = run_live(ImportState(), topic)
+    assert state.Terminated
+    assert effects == [PeerTerminated("deleted by operator")]
+
+
+def test_unknown_event_consumes_seq_without_gap() -> None:
+    """An UnknownEvent is rejected as UNKNOWN_TYPE but its Seq counts, so no gap follows."""
+    state, effects = apply(ImportState(), 0, UnknownEvent(Type="x", Epoch=1, Seq=1), NOW)
+    assert effects == [Rejected(RejectReason.UNKNOWN_TYPE, 0, "x")]
+    assert state.LastSeq == 1
+    _hb_state, hb = heartbeat(PublisherState(NextSeq=2), NOW)
+    _, effects = apply(state, 1, msgspec.structs.replace(hb, LiveKeys=0), NOW)
+    assert effects == [HeartbeatSeen(NOW)]
+
+
+def test_remove_of_unknown_key_is_quiet() -> None:
+    """Removing a key the importer never had emits no Removed effect."""
+    remove = InstanceRemove(Epoch=1, Seq=1, SentAt=NOW, Key="instance/x", ChangedAt=NOW)
+    state, effects = apply(ImportState(), 0, remove, NOW)
+    assert effects == []
+    assert state.LastSeq == 1
+
+
+def test_reconcile_after_restart_publishes_only_differences() -> None:
+    """Reconcile against the published fingerprints emits only changed keys."""
+    pub, events = reconcile(PublisherState(), view(1, 2), NOW)
+    assert [e.Seq for e in events] == [1, 2]
+    again, none = reconcile(pub, view(1, 2), NOW)
+    assert none == []
+    assert again == pub
+    _, diff = reconcile(pub, view(2, 3), NOW)
+    assert [type(e).__name__ for e in diff] == ["InstanceUpsert", "InstanceRemove"]
+
+
+def test_fingerprint_ignores_meta_order() -> None:
+    """Instances equal up to Meta insertion order have the same fingerprint."""
+    a = ServiceInstance(ID="x", Name="x", Meta={"a": "1", "b": "2"})
+    b = ServiceInstance(ID="x", Name="x", Meta={"b": "2", "a": "1"})
+    assert fingerprint(a) == fingerprint(b)
+    assert fingerprint(a) != fingerprint(msgspec.structs.replace(a, Port=1))
+
+
+def test_upserted_effects_carry_instances() -> None:
+    """Upserted effects name the key and the instance."""
+    _, events = reconcile(PublisherState(), view(1), NOW)
+    _, effects = apply(ImportState(), 0, events[0], NOW)
+    assert effects == [Upserted(instance_key("web-1"), inst(1))]
