@@ -1,0 +1,251 @@
+"""The SQLite store: catalog, checks, config, index, exported feed and imported catalog."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agent.catalog import ExportedService, ExportedServicesEntry, ServiceConsumer
+from agent.model import CheckStatus, HealthCheck, ServiceInstance
+from agent.store import IndexNotifier, Store, StoreError
+
+
+def web(
+    id_: str = "web-1", ttl: float = 10.0, name: str = "web", port: int = 80
+) -> ServiceInstance:
+    return ServiceInstance(
+        ID=id_,
+        Name=name,
+        Port=port,
+        Checks=(
+            HealthCheck(f"service:{id_}", "ttl", TTLSeconds=ttl, ServiceID=id_, ServiceName=name),
+        ),
+    )
+
+
+def export(*services: tuple[str, list[str]]) -> ExportedServicesEntry:
+    return ExportedServicesEntry(
+        Kind="exported-services",
+        Services=tuple(
+            ExportedService(n, tuple(ServiceConsumer(p) for p in peers)) for n, peers in services
+        ),
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_register_read_deregister_moves_index(store: Store) -> None:
+    """Writes move the index; reads return what was written; deregister of unknown is False."""
+    start = store.index
+    store.register(web())
+    assert store.index == start + 1
+    assert store.instances("web") == [web()]
+    assert store.instance("web-1") == web()
+    assert store.service_names() == {"web": []}
+    assert store.deregister("web-1") is True
+    assert store.deregister("web-1") is False
+    assert store.instances() == []
+    assert store.index == start + 2
+
+
+def test_identical_register_does_not_move_index(store: Store) -> None:
+    """Re-registering the same instance is not a change (no wake-up for blocking queries)."""
+    store.register(web())
+    index = store.index
+    store.register(web())
+    assert store.index == index
+
+
+def test_create_and_modify_index(store: Store) -> None:
+    """CreateIndex stays, ModifyIndex follows the last change of the instance."""
+    store.register(web())
+    first = store.list_local()[0]
+    store.register(web(port=81))
+    second = store.list_local()[0]
+    assert second.CreateIndex == first.CreateIndex
+    assert second.ModifyIndex > first.ModifyIndex
+    assert second.Source == "api"
+
+
+def test_update_check_and_unknown_check(store: Store) -> None:
+    """pass/warn/fail change status and output; an unknown check id is reported as False."""
+    store.register(web())
+    assert store.update_check("service:web-1", CheckStatus.WARNING, "slow", now=0) is True
+    check = store.instances()[0].Checks[0]
+    assert (check.Status, check.Output) == (CheckStatus.WARNING, "slow")
+    assert store.update_check("nope", CheckStatus.PASSING) is False
+
+
+def test_ttl_expiry_with_injected_now(store: Store) -> None:
+    """A TTL check goes critical once its deadline passes, once, and a pass re-arms it."""
+    store.register(web(ttl=5.0), now=100.0)
+    store.update_check("service:web-1", CheckStatus.PASSING, now=100.0)
+    assert store.expire_ttl_checks(now=104.0) == []
+    assert store.expire_ttl_checks(now=105.0) == ["service:web-1"]
+    assert store.instances()[0].Checks[0].Output == "TTL expired"
+    assert store.expire_ttl_checks(now=200.0) == []
+    store.update_check("service:web-1", CheckStatus.PASSING, now=200.0)
+    assert store.expire_ttl_checks(now=206.0) == ["service:web-1"]
+
+
+def test_reregister_keeps_check_status(store: Store) -> None:
+    """Re-registration (e.g. services file reload) does not reset a passing check."""
+    store.register(web())
+    store.update_check("service:web-1", CheckStatus.PASSING)
+    store.register(web(port=9000))
+    assert store.instances()[0].Checks[0].Status is CheckStatus.PASSING
+
+
+def test_check_id_conflict_refused(store: Store) -> None:
+    """A check id owned by another service is refused and nothing is stored."""
+    store.register(web())
+    other = ServiceInstance("db-1", "db", Checks=(HealthCheck("service:web-1", "x"),))
+    with pytest.raises(StoreError, match="already belongs"):
+        store.register(other)
+    assert store.instance("db-1") is None
+
+
+def test_exported_feed_same_transaction(store: Store) -> None:
+    """Config and catalog writes append ordered feed rows per peer, matching the view."""
+    store.register(web("web-1"))
+    assert store.last_exported_seq("beta") == 0
+    store.set_exported_services(export(("web", ["beta", "gamma"])))
+    store.register(web("web-2"))
+    store.update_check("service:web-1", CheckStatus.PASSING, now=1.0)
+    store.deregister("web-2")
+    rows = store.exported_changes("beta")
+    assert [(r.Key, r.Instance is None) for r in rows] == [
+        ("web-1", False),
+        ("web-2", False),
+        ("web-1", False),
+        ("web-2", True),
+    ]
+    assert [r.Seq for r in rows] == sorted(r.Seq for r in rows)
+    assert rows[2].Instance is not None
+    assert rows[2].Instance.Checks[0].Status is CheckStatus.PASSING
+    assert store.last_exported_seq("beta") == rows[-1].Seq
+    assert list(store.exported_view("beta")) == ["web-1"]
+    assert store.exported_view("gamma") == store.exported_view("beta")
+    assert store.exported_changes("beta", after_seq=rows[1].Seq, limit=1) == [rows[2]]
+    assert store.exported_peers() == ["beta", "gamma"]
+
+
+def test_unexport_appends_removals(store: Store) -> None:
+    """Taking a peer out of the config entry appends removals for that peer only."""
+    store.register(web())
+    store.set_exported_services(export(("*", ["beta"]), ("web", ["gamma"])))
+    gamma_seq = store.last_exported_seq("gamma")
+    store.set_exported_services(export(("web", ["gamma"])))
+    assert store.exported_view("beta") == {}
+    assert store.exported_changes("beta")[-1].Instance is None
+    assert store.last_exported_seq("gamma") == gamma_seq
+    store.delete_exported_services()
+    assert store.exported_view("gamma") == {}
+    assert store.exported_services() is None
+
+
+def test_exported_entry_indexes(store: Store) -> None:
+    """The stored entry comes back with Create/ModifyIndex; an identical put changes nothing."""
+    store.set_exported_services(export(("web", ["beta"])))
+    got = store.exported_services()
+    assert got is not None
+    assert got.CreateIndex == got.ModifyIndex > 0
+    index = store.index
+    store.set_exported_services(export(("web", ["beta"])))
+    assert store.index == index
+
+
+def test_state_survives_reopen(tmp_path: Path) -> None:
+    """Catalog, checks, config, feed and index are on disk after close and reopen."""
+    s = Store.open(tmp_path)
+    s.register(web())
+    s.update_check("service:web-1", CheckStatus.PASSING)
+    s.set_exported_services(export(("web", ["beta"])))
+    index, seq = s.index, s.last_exported_seq("beta")
+    s.close()
+    s2 = Store.open(tmp_path)
+    try:
+        assert s2.instances()[0].Checks[0].Status is CheckStatus.PASSING
+        assert s2.exported_services() is not None
+        assert (s2.index, s2.last_exported_seq("beta")) == (index, seq)
+    finally:
+        s2.close()
+
+
+def test_sync_file_services(store: Store) -> None:
+    """File sync registers, updates and removes only file-sourced instances."""
+    store.register(web("api-1", name="api"))
+    store.sync_file_services([web("web-1"), web("web-2")])
+    assert {i.Source for i in store.list_local()} == {"api", "file"}
+    store.sync_file_services([web("web-2", port=99)])
+    assert [i.ID for i in store.instances()] == ["api-1", "web-2"]
+    assert store.instance("web-2") == web("web-2", port=99)
+
+
+def test_imported_catalog_is_separate(store: Store) -> None:
+    """Imported instances are per peer, never mixed with local ones, with a stale flag."""
+    store.register(web())
+    store.replace_imported("beta", [web("b-1", name="db"), web("b-2", name="db")])
+    assert [i.ID for i in store.imported_instances("beta", "db")] == ["b-1", "b-2"]
+    assert store.imported_instances("gamma") == []
+    assert [i.ID for i in store.instances()] == ["web-1"]
+    store.apply_imported("beta", [web("b-3", name="cache")], ["b-1"])
+    assert store.imported_service_names("beta") == {"cache": [], "db": []}
+    assert store.imported_stale("beta") is False
+    store.set_imported_stale("beta", True)
+    assert store.imported_stale("beta") is True
+    assert store.imported_peers() == ["beta"]
+    store.drop_imported("beta")
+    assert store.imported_instances("beta") == []
+    assert store.imported_peers() == []
+
+
+def test_on_change_called_after_commit(tmp_path: Path) -> None:
+    """The change callback sees the new index, and only for real changes."""
+    seen: list[int] = []
+    s = Store.open(tmp_path, on_change=seen.append)
+    try:
+        s.register(web())
+        s.register(web())
+        s.deregister("missing")
+        assert seen == [s.index]
+    finally:
+        s.close()
+
+
+def test_notifier_wakes_waiter_from_worker_thread(tmp_path: Path) -> None:
+    """A blocking waiter wakes when a write in a worker thread commits a new index."""
+
+    async def main() -> None:
+        s = Store.open(tmp_path)
+        notifier = IndexNotifier()
+        notifier.bind(s.index)
+        s.set_on_change(notifier.notify)
+        start = s.index
+        woke: list[int] = []
+
+        async def waiter() -> None:
+            woke.append(await notifier.wait_beyond(start))
+
+        try:
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(waiter)
+                    await anyio.sleep(0.05)
+                    assert woke == []
+                    await anyio.to_thread.run_sync(s.register, web())
+            assert woke == [start + 1]
+        finally:
+            s.close()
+
+    anyio.run(main)
