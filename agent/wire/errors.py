@@ -68,5 +68,10 @@ class HandshakeMessageInvalid(PeerFault):
     """A bootstrap-topic message that cannot be decoded or opened (forged, corrupted, not ours)."""
 
 
-class InvalidTransition(ProtocolBug):
-    """The peering state machine got an input that is impossible in its current state."""
+class InvalidTransition(PeeringProtocolError):
+    """The peering state machine got an input that its current state does not allow.
+
+    Neither branch on purpose: for a user request (establish an ACTIVE peering) the shell
+    answers 409 with this message; for an input the shell itself produced it is our bug and
+    the shell lets it propagate.
+    """
