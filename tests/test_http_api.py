@@ -1,0 +1,296 @@
+"""The HTTP API over real HTTP against a running agent process (Consul paths and codes)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import pytest
+
+# Explicit import until tests/conftest.py registers tests.agent_fixtures as a plugin.
+from tests.agent_fixtures import AgentProcess, agent_module  # noqa: F401
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def http(agent_module: AgentProcess) -> Iterator[httpx.Client]:  # noqa: F811
+    with agent_module.client() as client:
+        yield client
+
+
+def register(http: httpx.Client, body: dict[str, object]) -> httpx.Response:
+    return http.put("/v1/agent/service/register", json=body)
+
+
+def test_register_health_and_catalog(http: httpx.Client) -> None:
+    """A registered instance shows up in catalog and health with Consul's field names."""
+    r = register(
+        http,
+        {
+            "Name": "hc-web",
+            "ID": "hc-web-1",
+            "Port": 8080,
+            "Tags": ["v1"],
+            "Meta": {"team": "a"},
+            "Check": {"TTL": "30s"},
+        },
+    )
+    assert r.status_code == 200
+    services = http.get("/v1/catalog/services").json()
+    assert services["hc-web"] == ["v1"]
+    [entry] = http.get("/v1/catalog/service/hc-web").json()
+    assert (entry["ServiceID"], entry["ServicePort"], entry["ServiceMeta"], entry["Node"]) == (
+        "hc-web-1",
+        8080,
+        {"team": "a"},
+        "alpha",
+    )
+    health = http.get("/v1/health/service/hc-web")
+    assert int(health.headers["X-Consul-Index"]) > 0
+    [h] = health.json()
+    assert h["Service"]["ID"] == "hc-web-1"
+    assert h["Node"]["Datacenter"] == "alpha"
+    assert [c["CheckID"] for c in h["Checks"]] == ["service:hc-web-1"]
+    assert h["Checks"][0]["Status"] == "critical"
+
+
+def test_check_pass_warn_fail_and_passing_filter(http: httpx.Client) -> None:
+    """pass/warn/fail move the check; ?passing shows only all-passing instances."""
+    register(http, {"Name": "pf", "ID": "pf-1", "Check": {"TTL": "30s"}})
+    assert http.get("/v1/health/service/pf?passing").json() == []
+    assert http.put("/v1/agent/check/pass/service:pf-1?note=ok").status_code == 200
+    [h] = http.get("/v1/health/service/pf?passing").json()
+    assert h["Checks"][0]["Output"] == "ok"
+    assert http.put("/v1/agent/check/warn/service:pf-1").status_code == 200
+    assert http.get("/v1/health/service/pf", params={"passing": "1"}).json() == []
+    assert http.put("/v1/agent/check/fail/service:pf-1").status_code == 200
+    [h] = http.get("/v1/health/service/pf").json()
+    assert h["Checks"][0]["Status"] == "critical"
+    r = http.put("/v1/agent/check/update/service:pf-1", json={"Status": "passing", "Output": "up"})
+    assert r.status_code == 200
+    assert len(http.get("/v1/health/service/pf?passing=true").json()) == 1
+
+
+def test_tag_filter(http: httpx.Client) -> None:
+    """?tag= filters catalog and health answers."""
+    register(http, {"Name": "tg", "ID": "tg-1", "Tags": ["blue"]})
+    register(http, {"Name": "tg", "ID": "tg-2", "Tags": ["green"]})
+    assert [e["ServiceID"] for e in http.get("/v1/catalog/service/tg?tag=blue").json()] == ["tg-1"]
+    assert [e["Service"]["ID"] for e in http.get("/v1/health/service/tg?tag=green").json()] == [
+        "tg-2"
+    ]
+
+
+def test_deregister(http: httpx.Client) -> None:
+    """Deregister removes the instance; an unknown id is a 404 with a message."""
+    register(http, {"Name": "dr", "ID": "dr-1"})
+    assert http.put("/v1/agent/service/deregister/dr-1").status_code == 200
+    assert http.get("/v1/catalog/service/dr").json() == []
+    r = http.put("/v1/agent/service/deregister/dr-1")
+    assert r.status_code == 404
+    assert "Unknown service ID" in r.text
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "message"),
+    [
+        (b'{"Name": ', 400, "malformed JSON"),
+        (b"", 400, "empty"),
+        (b'{"Name": 5}', 400, "Expected `str`"),
+        (b'{"Name": "bad-types", "Port": "80"}', 400, "$.Port"),
+        (b'{"Name": "bad/name"}', 400, "invalid service name"),
+        (b'{"Name": "bad-id", "ID": "a b"}', 400, "invalid service id"),
+        (
+            b'{"Name": "bad-check", "Check": {"HTTP": "http://x", "Interval": "10s"}}',
+            400,
+            "only TTL",
+        ),
+        (b'{"Name": "bad-ttl", "Check": {"TTL": "soon"}}', 400, "invalid duration"),
+        (b"[1]", 400, "Expected `object`"),
+    ],
+)
+def test_bad_registrations_store_nothing(
+    http: httpx.Client, content: bytes, code: int, message: str
+) -> None:
+    """Malformed JSON, wrong types and bad names get a 4xx text message and store nothing."""
+    before = http.get("/v1/catalog/services")
+    r = http.put("/v1/agent/service/register", content=content)
+    assert r.status_code == code
+    assert message in r.text
+    after = http.get("/v1/catalog/services")
+    assert after.json() == before.json()
+    assert after.headers["X-Consul-Index"] == before.headers["X-Consul-Index"]
+
+
+def test_oversized_body_is_413(http: httpx.Client) -> None:
+    """A body over 512 KiB is refused with 413, with or without Content-Length."""
+    big = b'{"Name": "big", "Meta": {"k": "' + b"x" * (600 * 1024) + b'"}}'
+    r = http.put("/v1/agent/service/register", content=big)
+    assert r.status_code == 413
+    assert "too large" in r.text
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(10):
+            yield b"x" * (64 * 1024)
+
+    r = http.put("/v1/agent/service/register", content=chunks())
+    assert r.status_code == 413
+    assert "big" not in http.get("/v1/catalog/services").json()
+
+
+def test_unknown_check_is_404(http: httpx.Client) -> None:
+    """pass/warn/fail on an unknown check id is 404 'Unknown check ID'."""
+    for verb in ("pass", "warn", "fail"):
+        r = http.put(f"/v1/agent/check/{verb}/nope-{verb}")
+        assert r.status_code == 404
+        assert "Unknown check ID" in r.text
+    r = http.put("/v1/agent/check/update/x", json={"Status": "sideways"})
+    assert r.status_code == 400
+
+
+def test_bad_query_parameters(http: httpx.Client) -> None:
+    """Bad index, wait, peer or service names in the URL are 400s."""
+    assert http.get("/v1/catalog/services?index=abc").status_code == 400
+    assert http.get("/v1/catalog/services?index=1&wait=soon").status_code == 400
+    assert http.get("/v1/catalog/services?peer=Bad_Peer").status_code == 400
+    assert http.get("/v1/health/service/a*b").status_code == 400
+    assert http.get("/v1/health/service/web?filter=Service.Port==80").status_code == 400
+    assert http.get("/v1/catalog/services?dc=elsewhere").status_code == 400
+    assert http.get("/v1/no/such/thing").status_code == 404
+    assert http.post("/v1/catalog/services").status_code == 405
+
+
+def test_exported_services_config(http: httpx.Client) -> None:
+    """PUT /v1/config stores the entry, GET returns it, /v1/exported-services resolves it."""
+    register(http, {"Name": "ex-api", "ID": "ex-api-1"})
+    register(http, {"Name": "ex-db", "ID": "ex-db-1"})
+    entry = {
+        "Kind": "exported-services",
+        "Name": "default",
+        "Services": [
+            {"Name": "ex-api", "Consumers": [{"Peer": "beta"}, {"Peer": "gamma"}]},
+            {"Name": "*", "Consumers": [{"Peer": "delta"}]},
+        ],
+    }
+    r = http.put("/v1/config", json=entry)
+    assert (r.status_code, r.json()) == (200, True)
+    got = http.get("/v1/config/exported-services/default")
+    assert got.status_code == 200
+    assert got.json()["Services"] == entry["Services"]
+    assert got.json()["ModifyIndex"] > 0
+    rows = {
+        row["Service"]: row["Consumers"]["Peers"]
+        for row in http.get("/v1/exported-services").json()
+    }
+    assert rows["ex-api"] == ["beta", "delta", "gamma"]
+    assert rows["ex-db"] == ["delta"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"Kind": "service-defaults", "Name": "web"}, "unsupported config entry Kind"),
+        ({"Kind": "exported-services", "Name": "other"}, "named 'default'"),
+        (
+            {
+                "Kind": "exported-services",
+                "Services": [{"Name": "x", "Consumers": [{"Peer": "B!"}]}],
+            },
+            "Consumers[0].Peer",
+        ),
+        (
+            {
+                "Kind": "exported-services",
+                "Services": [{"Name": "x", "Consumers": [{"Peers": "b"}]}],
+            },
+            "unknown field",
+        ),
+        ({"Kind": "exported-services", "Services": "all"}, "Expected `array`"),
+    ],
+)
+def test_bad_config_entries(http: httpx.Client, body: dict[str, object], message: str) -> None:
+    """Unsupported kinds, bad peers and wrong shapes are 400s and leave the entry unchanged."""
+    before = http.get("/v1/config/exported-services/default")
+    r = http.put("/v1/config", json=body)
+    assert r.status_code == 400
+    assert message in r.text
+    after = http.get("/v1/config/exported-services/default")
+    assert (after.status_code, after.text) == (before.status_code, before.text)
+
+
+def test_peer_queries_read_imported_only(http: httpx.Client) -> None:
+    """?peer= answers from the (still empty) imported catalog, never from local services."""
+    register(http, {"Name": "pq", "ID": "pq-1"})
+    assert http.get("/v1/catalog/services?peer=beta").json() == {}
+    assert http.get("/v1/catalog/service/pq?peer=beta").json() == []
+    r = http.get("/v1/health/service/pq?peer=beta")
+    assert r.json() == []
+    assert "X-Consul-Index" in r.headers
+
+
+def test_agent_self_and_leader(http: httpx.Client, agent_module: AgentProcess) -> None:  # noqa: F811
+    """agent/self names the cluster as datacenter and node; leader is a quoted address."""
+    me = http.get("/v1/agent/self").json()
+    assert me["Config"]["Datacenter"] == "alpha"
+    assert me["Config"]["NodeName"] == "alpha"
+    r = http.get("/v1/status/leader")
+    assert r.text == f'"{agent_module.addr}"'
+
+
+def test_blocking_query_returns_on_change(http: httpx.Client, agent_module: AgentProcess) -> None:  # noqa: F811
+    """A blocking query with the current index returns as soon as a change commits."""
+    index = int(http.get("/v1/health/service/bq").headers["X-Consul-Index"])
+    result: dict[str, object] = {}
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=agent_module.url, timeout=30) as client:
+
+            async def blocker() -> None:
+                started = time.monotonic()
+                r = await client.get(f"/v1/health/service/bq?index={index}&wait=20s")
+                result["elapsed"] = time.monotonic() - started
+                result["index"] = int(r.headers["X-Consul-Index"])
+                result["body"] = r.json()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(blocker)
+                await anyio.sleep(0.5)
+                assert "body" not in result  # still blocked
+                await client.put("/v1/agent/service/register", json={"Name": "bq", "ID": "bq-1"})
+
+    anyio.run(main)
+    assert result["index"] > index  # type: ignore[operator]
+    assert [e["Service"]["ID"] for e in result["body"]] == ["bq-1"]  # type: ignore[attr-defined]
+    assert result["elapsed"] < 5  # type: ignore[operator]
+
+
+def test_blocking_query_times_out_with_wait(http: httpx.Client) -> None:
+    """Without a change, a blocking query answers after ?wait with the same index."""
+    index = int(http.get("/v1/catalog/services").headers["X-Consul-Index"])
+    started = time.monotonic()
+    r = http.get(f"/v1/catalog/service/nothing-here?index={index + 1000}&wait=500ms")
+    assert 0.4 < time.monotonic() - started < 5
+    assert r.status_code == 200
+    assert r.json() == []
+
+
+def test_metrics_use_route_templates(http: httpx.Client) -> None:
+    """/metrics counts requests by route template and code, never by raw path."""
+    http.put("/v1/agent/check/pass/metrics-unknown-check")
+    text = http.get("/metrics").text
+    assert 'route="/v1/agent/check/pass/{check_id}"' in text
+    assert 'code="404"' in text
+    assert "metrics-unknown-check" not in text
+    assert "peering_catalog_index" in text
+
+
+def test_agent_services_and_checks(http: httpx.Client) -> None:
+    """/v1/agent/services and /v1/agent/checks list local registrations by id."""
+    register(http, {"Name": "as", "ID": "as-1", "Check": {"TTL": "30s"}})
+    assert http.get("/v1/agent/services").json()["as-1"]["Service"] == "as"
+    assert http.get("/v1/agent/service/as-1").json()["ID"] == "as-1"
+    assert http.get("/v1/agent/service/missing").status_code == 404
+    assert http.get("/v1/agent/checks").json()["service:as-1"]["ServiceID"] == "as-1"
