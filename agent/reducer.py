@@ -357,6 +357,17 @@ def republish_all(
     return state, events
 
 
+def seq_reservation(before: PublisherState, after: PublisherState) -> PublisherState:
+    """What to persist *before* producing the events that lead from ``before`` to ``after``.
+
+    Seqs are reserved first and fingerprints recorded only after the broker acked, so a
+    crash in between never reuses a Seq (the importer would drop the new event as a replay)
+    and never marks an unsent change as published (reconcile sends it again after restart;
+    the importer sees a Seq gap and resyncs, which is harmless).
+    """
+    return msgspec.structs.replace(before, NextSeq=after.NextSeq, Epoch=after.Epoch)
+
+
 def heartbeat(state: PublisherState, now: float) -> tuple[PublisherState, Heartbeat]:
     """The next heartbeat, carrying the exporter's live key count."""
     event = Heartbeat(

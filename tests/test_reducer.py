@@ -26,6 +26,7 @@ from agent.reducer import (
     replay,
     republish_all,
     rotate,
+    seq_reservation,
     terminate,
 )
 from agent.wire.envelope import Reject, decode_record, encode_event
@@ -320,3 +321,23 @@ def test_upserted_effects_carry_instances() -> None:
     _, events = reconcile(PublisherState(), view(1), NOW)
     _, effects = apply(ImportState(), 0, events[0], NOW)
     assert effects == [Upserted(instance_key("web-1"), inst(1))]
+
+
+def test_crash_between_reserve_and_ack_loses_no_change() -> None:
+    """Exporter crash after reserving Seqs but before the ack: the change is resent with new
+    Seqs, the importer resyncs on the gap and ends with the exporter's view."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    pub, events = reconcile(PublisherState(), view(1), NOW)
+    topic.publish(events)
+    state, _ = run_live(ImportState(), topic)
+    planned, lost_events = reconcile(pub, view(1, 2), NOW)
+    persisted = seq_reservation(pub, planned)  # crash: lost_events never reached the broker
+    assert persisted.Published == pub.Published
+    assert persisted.NextSeq == planned.NextSeq
+    _, events = reconcile(persisted, view(1, 2), NOW)
+    assert events[0].Seq > lost_events[-1].Seq
+    topic.publish(events)
+    state, effects = run_live(state, topic, start=len(topic.records) - len(events))
+    assert state.Instances == view(1, 2)
+    assert any(isinstance(e, ResyncRequired) and e.why is ResyncReason.SEQ_GAP for e in effects)
