@@ -125,7 +125,7 @@ def test_record_with_forged_stream_tag_still_fails() -> None:
 
 
 def test_unknown_and_retired_epochs() -> None:
-    """A record of an epoch the keyring lacks (future or retired) is UNKNOWN_EPOCH."""
+    """A future epoch is UNKNOWN_EPOCH; an epoch older than all kept ones is RETIRED_EPOCH."""
     peers = Established()
     rotated, _ = keys.begin_rotation(peers.a2d, crypto.public_key(peers.dialer_private))
     key, value = encode_event(rotated, upsert(epoch=2))
@@ -133,7 +133,7 @@ def test_unknown_and_retired_epochs() -> None:
     old_key, old_value = encode_event(rotated, upsert(epoch=1))
     retired = keys.retire_epochs(rotated, 2)
     assert decode_record(retired, old_key, old_value) == Reject(
-        RejectReason.UNKNOWN_EPOCH, "epoch 1"
+        RejectReason.RETIRED_EPOCH, "epoch 1"
     )
 
 

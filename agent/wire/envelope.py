@@ -123,7 +123,9 @@ def decode_record(keyring: StreamKeyring, key: bytes | None, value: bytes | None
         return Reject(RejectReason.WRONG_STREAM)
     aead_key = keys.aead_key(keyring, envelope.Epoch)
     if aead_key is None:
-        return Reject(RejectReason.UNKNOWN_EPOCH, f"epoch {envelope.Epoch}")
+        retired = envelope.Epoch < min(keyring.EpochSecrets, default=0)
+        reason = RejectReason.RETIRED_EPOCH if retired else RejectReason.UNKNOWN_EPOCH
+        return Reject(reason, f"epoch {envelope.Epoch}")
     try:
         plaintext = crypto.open_sealed(
             aead_key, envelope.Nonce, envelope.Ciphertext, _aad(keyring, envelope.Epoch, key)

@@ -16,6 +16,8 @@ class RejectReason(enum.StrEnum):
     MALFORMED = "malformed"
     OVERSIZED = "oversized"
     UNKNOWN_EPOCH = "unknown_epoch"
+    # Older than every epoch still kept: expected for superseded records during a rebuild.
+    RETIRED_EPOCH = "retired_epoch"
     OLD_EPOCH = "old_epoch"
     WRONG_STREAM = "wrong_stream"
     TOMBSTONE = "tombstone"
