@@ -1,14 +1,16 @@
 """The agent process: one anyio task group owning every loop.
 
 Children: the HTTP server (uvicorn, ready once it listens), the TTL expiry ticker, the services
-file watcher and the signal watcher. SIGINT/SIGTERM ask uvicorn to drain (2 s grace for open
-blocking queries) and then cancel the group, well inside 5 s. A child that raises is logged with
-its name and takes the whole agent down (the CLI exits non-zero): never half alive.
+file watcher, the signal watcher and any Extension tasks (peering). SIGINT/SIGTERM cancel the
+group; uvicorn then drains (2 s grace for open blocking queries), well inside 5 s. A child
+that raises is logged with its name and takes the whole agent down (the CLI exits non-zero):
+never half alive. On any stop the HTTP server is drained, not torn down, so sockets close.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -40,6 +42,21 @@ STOP_DEADLINE_SECONDS = 4.0
 
 class AgentError(Exception):
     """The agent cannot start or keep running for a reason the operator can fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Extension:
+    """What a later layer (peering) adds to the agent: HTTP routes and supervised loops.
+
+    Tasks run in the agent's task group under their name: if one raises, the agent stops.
+    """
+
+    routes: Sequence[BaseRoute] = ()
+    tasks: Sequence[tuple[str, Callable[[], Awaitable[None]]]] = ()
+
+
+# Built once the store is open, so routes and loops can close over it.
+ExtensionFactory = Callable[[Store, IndexNotifier, AgentConfig], Extension]
 
 
 class _JsonFormatter(logging.Formatter):
@@ -102,25 +119,35 @@ async def _supervised(name: str, fn: Callable[[], Awaitable[None]]) -> None:
 async def _serve_http(
     server: _Server,
     sock: socket.socket,
-    stopped: anyio.Event,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve until cancelled; on cancellation let uvicorn drain instead of tearing it down."""
+    stopped = anyio.Event()
+
     async def serve() -> None:
         try:
-            await server.serve(sockets=[sock])
+            # Shielded: uvicorn stops through should_exit (below), which closes its sockets
+            # and gives open requests HTTP_GRACE_SECONDS, rather than dying mid-write.
+            with anyio.CancelScope(shield=True):
+                await server.serve(sockets=[sock])
         finally:
             stopped.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(_supervised, "http", serve)
-        while not server.started:
-            if stopped.is_set():
-                raise AgentError("HTTP server stopped before it was ready")
-            await anyio.sleep(0.01)
-        task_status.started()
-    if not server.should_exit:
-        raise AgentError("HTTP server stopped unexpectedly")
+        try:
+            while not server.started:
+                if stopped.is_set():
+                    raise AgentError("HTTP server stopped before it was ready")
+                await anyio.sleep(0.01)
+            task_status.started()
+            await stopped.wait()
+            raise AgentError("HTTP server stopped unexpectedly")
+        finally:
+            server.should_exit = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_DEADLINE_SECONDS):
+                await stopped.wait()
 
 
 async def _ttl_ticker(store: Store, interval: float) -> None:
@@ -180,15 +207,10 @@ async def _watch_services_file(
         await anyio.sleep(SERVICES_FILE_POLL_SECONDS)
 
 
-async def _stop_on_signal(
-    scope: anyio.CancelScope, server: _Server, http_stopped: anyio.Event
-) -> None:
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s, stopping", signal.Signals(signum).name)
-            server.should_exit = True
-            with anyio.move_on_after(STOP_DEADLINE_SECONDS - 0.5):
-                await http_stopped.wait()
             scope.cancel()
             return
 
@@ -196,7 +218,7 @@ async def _stop_on_signal(
 async def run_agent(
     config: AgentConfig,
     *,
-    extra_routes: Sequence[BaseRoute] = (),
+    extensions: Sequence[ExtensionFactory] = (),
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the agent until a signal arrives (returns) or a child fails (raises)."""
@@ -209,8 +231,10 @@ async def run_agent(
         notifier = IndexNotifier()
         notifier.bind(store.index)
         store.set_on_change(notifier.notify)
+        added = [factory(store, notifier, config) for factory in extensions]
         sock = _bind(config)
-        app = create_app(store, notifier, config, extra_routes=extra_routes)
+        routes = [route for ext in added for route in ext.routes]
+        app = create_app(store, notifier, config, extra_routes=routes)
         server = _Server(
             uvicorn.Config(
                 app,
@@ -220,24 +244,30 @@ async def run_agent(
                 timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
             )
         )
-        http_stopped = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, tg.cancel_scope, server, http_stopped)
-            await tg.start(_serve_http, server, sock, http_stopped)
-            tg.start_soon(
-                _supervised, "ttl-expiry", lambda: _ttl_ticker(store, config.ttl_tick_seconds)
-            )
-            if config.services_file:
-                path = Path(config.services_file)
-                await tg.start(_watch_services_file, store, path)
-            log.info(
-                "agent %s ready: HTTP on http://%s, data dir %s (%.2fs)",
-                config.name,
-                config.http,
-                config.data_dir,
-                time.monotonic() - started_at,
-            )
-            task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_stop_on_signal, tg.cancel_scope)
+                await tg.start(_serve_http, server, sock)
+                tg.start_soon(
+                    _supervised, "ttl-expiry", lambda: _ttl_ticker(store, config.ttl_tick_seconds)
+                )
+                if config.services_file:
+                    path = Path(config.services_file)
+                    await tg.start(_watch_services_file, store, path)
+                for ext in added:
+                    for name, task in ext.tasks:
+                        tg.start_soon(_supervised, name, task)
+                log.info(
+                    "agent %s ready: HTTP on http://%s, data dir %s (%.2fs)",
+                    config.name,
+                    config.http,
+                    config.data_dir,
+                    time.monotonic() - started_at,
+                )
+                task_status.started()
+        finally:
+            # uvicorn owns the socket once serving; closing twice is harmless.
+            sock.close()
         log.info("agent %s stopped", config.name)
     finally:
         store.set_on_change(None)
