@@ -29,6 +29,7 @@ from agent.wire.events import (
     InstanceRemove,
     InstanceUpsert,
     KeyRotation,
+    ResyncRequest,
     StreamHead,
     Terminated,
     UnknownEvent,
@@ -111,6 +112,12 @@ class PeerTerminated(msgspec.Struct, frozen=True):
     reason: str
 
 
+class RepublishRequested(msgspec.Struct, frozen=True):
+    """The peer asks us (as exporter of the other stream) for ``republish_all``."""
+
+    reason: str
+
+
 Effect = (
     Upserted
     | Removed
@@ -120,6 +127,7 @@ Effect = (
     | RotatedKeys
     | RetireEpochs
     | PeerTerminated
+    | RepublishRequested
 )
 
 
@@ -217,6 +225,8 @@ def _dispatch(
             return retire, state
         case Terminated():
             return [PeerTerminated(event.Reason)], replace(state, Terminated=True)
+        case ResyncRequest():
+            return [RepublishRequested(event.Reason)], state
         case UnknownEvent():
             # Authentic but from a newer peer: its Seq is consumed, its content skipped.
             return [Rejected(RejectReason.UNKNOWN_TYPE, offset, event.Type)], state
@@ -379,6 +389,14 @@ def heartbeat(state: PublisherState, now: float) -> tuple[PublisherState, Heartb
 def terminate(state: PublisherState, now: float, reason: str) -> tuple[PublisherState, Terminated]:
     """The Terminated event that tells the importer the peering was deleted."""
     event = Terminated(Epoch=state.Epoch, Seq=state.NextSeq, SentAt=now, Reason=reason)
+    return msgspec.structs.replace(state, NextSeq=state.NextSeq + 1), event
+
+
+def request_resync(
+    state: PublisherState, now: float, reason: str
+) -> tuple[PublisherState, ResyncRequest]:
+    """Ask the peer to republish the stream we import (sent on the stream we export)."""
+    event = ResyncRequest(Epoch=state.Epoch, Seq=state.NextSeq, SentAt=now, Reason=reason)
     return msgspec.structs.replace(state, NextSeq=state.NextSeq + 1), event
 
 

@@ -14,6 +14,7 @@ from agent.reducer import (
     PublisherState,
     Rejected,
     Removed,
+    RepublishRequested,
     ResyncReason,
     ResyncRequired,
     RotatedKeys,
@@ -25,6 +26,7 @@ from agent.reducer import (
     reconcile,
     replay,
     republish_all,
+    request_resync,
     rotate,
     seq_reservation,
     terminate,
@@ -341,3 +343,13 @@ def test_crash_between_reserve_and_ack_loses_no_change() -> None:
     state, effects = run_live(state, topic, start=len(topic.records) - len(events))
     assert state.Instances == view(1, 2)
     assert any(isinstance(e, ResyncRequired) and e.why is ResyncReason.SEQ_GAP for e in effects)
+
+
+def test_resync_request_reaches_the_other_exporter() -> None:
+    """A ResyncRequest on the reverse stream yields RepublishRequested for its reader."""
+    peers = Established()
+    topic = Topic(peers.d2a)
+    _, event = request_resync(PublisherState(), NOW, "count_mismatch")
+    topic.publish([event])
+    _, effects = run_live(ImportState(), topic)
+    assert effects == [RepublishRequested("count_mismatch")]

@@ -24,6 +24,7 @@ def test_every_event_type_is_in_the_event_schema() -> None:
         "key_rotation",
         "stream_head",
         "terminated",
+        "resync_request",
     ):
         assert tag in text
 

@@ -20,6 +20,7 @@ INSTANCE_KEY_PREFIX = "instance/"
 HEARTBEAT_KEY = "control/heartbeat"
 STREAM_HEAD_KEY = "control/stream-head"
 TERMINATED_KEY = "control/terminated"
+RESYNC_REQUEST_KEY = "control/resync-request"
 
 
 class _EventBase(
@@ -75,7 +76,22 @@ class Terminated(_EventBase, frozen=True, tag="terminated"):
     Reason: str = ""
 
 
-Event = InstanceUpsert | InstanceRemove | Heartbeat | KeyRotation | StreamHead | Terminated
+class ResyncRequest(_EventBase, frozen=True, tag="resync_request"):
+    """Sent by an importer on its own outbound stream: its view of the *other* stream drifted
+    and rebuilding from the topic did not help, so that stream's exporter must republish."""
+
+    Reason: str = ""
+
+
+Event = (
+    InstanceUpsert
+    | InstanceRemove
+    | Heartbeat
+    | KeyRotation
+    | StreamHead
+    | Terminated
+    | ResyncRequest
+)
 
 EVENT_TYPES: tuple[type[_EventBase], ...] = (
     InstanceUpsert,
@@ -84,6 +100,7 @@ EVENT_TYPES: tuple[type[_EventBase], ...] = (
     KeyRotation,
     StreamHead,
     Terminated,
+    ResyncRequest,
 )
 KNOWN_TAGS = frozenset(str(t.__struct_config__.tag) for t in EVENT_TYPES)
 
@@ -120,5 +137,7 @@ def logical_key(event: Event | UnknownEvent) -> str | None:
             return STREAM_HEAD_KEY
         case Terminated():
             return TERMINATED_KEY
+        case ResyncRequest():
+            return RESYNC_REQUEST_KEY
         case UnknownEvent():
             return None
