@@ -220,3 +220,35 @@ def test_unknown_handshake_version_is_invalid() -> None:
     newer = msgspec.structs.replace(sealed, Version=2)
     with pytest.raises(HandshakeMessageInvalid, match="version"):
         handshake.decode_bootstrap(handshake.encode_bootstrap(newer))
+
+
+def test_end_to_end_streams_in_both_directions_with_rotation() -> None:
+    """Keys from a real handshake carry events both ways, and each side can rotate."""
+    from agent.reducer import ImportState, PublisherState, apply, rotate
+    from agent.wire.envelope import decode_record, encode_event
+    from agent.wire.events import Heartbeat
+
+    issued, acceptor_private, sealed, pending = handshake_roundtrip()
+    opened = handshake.open_request(sealed, acceptor_private)
+    acceptor_root = handshake.acceptor_stream_root(opened, issued.record, acceptor_private)
+    dialer_root = handshake.dialer_stream_root(pending)
+    sides = {
+        # direction: (exporter's keyring, importer's keyring, importer's static private key)
+        keys.Direction.ACCEPTOR_TO_DIALER: (acceptor_root, dialer_root, pending.dialer_private_key),
+        keys.Direction.DIALER_TO_ACCEPTOR: (dialer_root, acceptor_root, acceptor_private),
+    }
+    for direction, (exporter_root, importer_root, importer_private) in sides.items():
+        exporter = keys.new_keyring(exporter_root, PEERING_ID, direction)
+        importer = keys.new_keyring(importer_root, PEERING_ID, direction)
+        pub, exporter, rotation = rotate(
+            PublisherState(), exporter, crypto.public_key(importer_private), NOW
+        )
+        key, value = encode_event(exporter, rotation)
+        _, effects = apply(ImportState(), 0, decode_record(importer, key, value), NOW)
+        assert [type(e).__name__ for e in effects] == ["RotatedKeys"]
+        importer = keys.accept_rotation(
+            importer, rotation.NewEpoch, rotation.RotationPublicKey, importer_private
+        )
+        beat = Heartbeat(Epoch=pub.Epoch, Seq=pub.NextSeq, SentAt=NOW)
+        key, value = encode_event(exporter, beat)
+        assert decode_record(importer, key, value) == beat
