@@ -119,10 +119,14 @@ async def _supervised(name: str, fn: Callable[[], Awaitable[None]]) -> None:
 async def _serve_http(
     server: _Server,
     sock: socket.socket,
+    on_stop: Callable[[], None],
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled; on cancellation let uvicorn drain instead of tearing it down."""
+    """Serve until cancelled; on cancellation let uvicorn drain instead of tearing it down.
+
+    ``on_stop`` runs first: it releases open blocking queries so they answer at once.
+    """
     stopped = anyio.Event()
 
     async def serve() -> None:
@@ -145,6 +149,7 @@ async def _serve_http(
             await stopped.wait()
             raise AgentError("HTTP server stopped unexpectedly")
         finally:
+            on_stop()
             server.should_exit = True
             with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_DEADLINE_SECONDS):
                 await stopped.wait()
@@ -247,7 +252,7 @@ async def run_agent(
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_stop_on_signal, tg.cancel_scope)
-                await tg.start(_serve_http, server, sock)
+                await tg.start(_serve_http, server, sock, notifier.close)
                 tg.start_soon(
                     _supervised, "ttl-expiry", lambda: _ttl_ticker(store, config.ttl_tick_seconds)
                 )

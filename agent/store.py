@@ -109,6 +109,7 @@ class IndexNotifier:
         self._event: anyio.Event | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._loop_thread: int | None = None
+        self._closed = False
 
     @property
     def index(self) -> int:
@@ -135,9 +136,14 @@ class IndexNotifier:
             self._event.set()
             self._event = None
 
+    def close(self) -> None:
+        """Release every waiter now and from now on (the agent is stopping: answer, don't hang)."""
+        self._closed = True
+        self._wake(self._index)
+
     async def wait_beyond(self, index: int) -> int:
         """Return once the index is greater than ``index`` (callers bound it with a timeout)."""
-        while self._index <= index:
+        while self._index <= index and not self._closed:
             if self._event is None:
                 self._event = anyio.Event()
             await self._event.wait()

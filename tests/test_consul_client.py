@@ -7,13 +7,17 @@ import threading
 import consul
 import pytest
 
-# Explicit import until tests/conftest.py registers tests.agent_fixtures as a plugin.
-from tests.agent_fixtures import AgentProcess, agent_factory, agent_process  # noqa: F401
+from tests import agent_fixtures
+from tests.agent_fixtures import AgentProcess
+
+# Fixtures bound here until tests/conftest.py registers tests.agent_fixtures as a plugin.
+agent_factory = agent_fixtures.agent_factory
+agent_process = agent_fixtures.agent_process
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_py_consul_register_health_and_blocking_query(agent_process: AgentProcess) -> None:  # noqa: F811
+def test_py_consul_register_health_and_blocking_query(agent_process: AgentProcess) -> None:
     """py-consul registers with a TTL check, passes it, reads health and blocks on an index."""
     c = consul.Consul(host="127.0.0.1", port=agent_process.port)
     assert c.agent.service.register(
@@ -58,7 +62,7 @@ def test_py_consul_register_health_and_blocking_query(agent_process: AgentProces
     assert [n["Service"]["ID"] for n in nodes] == ["web-1"]
 
 
-def test_py_consul_sees_errors(agent_process: AgentProcess) -> None:  # noqa: F811
+def test_py_consul_sees_errors(agent_process: AgentProcess) -> None:
     """Consul clients get Consul-style failures for unknown checks and bad names."""
     c = consul.Consul(host="127.0.0.1", port=agent_process.port)
     # py-consul maps a 404 to False for boolean calls.

@@ -9,14 +9,17 @@ import anyio
 import httpx
 import pytest
 
-# Explicit import until tests/conftest.py registers tests.agent_fixtures as a plugin.
-from tests.agent_fixtures import AgentProcess, agent_module  # noqa: F401
+from tests import agent_fixtures
+from tests.agent_fixtures import AgentProcess
+
+# Fixtures bound here until tests/conftest.py registers tests.agent_fixtures as a plugin.
+agent_module = agent_fixtures.agent_module
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def http(agent_module: AgentProcess) -> Iterator[httpx.Client]:  # noqa: F811
+def http(agent_module: AgentProcess) -> Iterator[httpx.Client]:
     with agent_module.client() as client:
         yield client
 
@@ -231,7 +234,7 @@ def test_peer_queries_read_imported_only(http: httpx.Client) -> None:
     assert "X-Consul-Index" in r.headers
 
 
-def test_agent_self_and_leader(http: httpx.Client, agent_module: AgentProcess) -> None:  # noqa: F811
+def test_agent_self_and_leader(http: httpx.Client, agent_module: AgentProcess) -> None:
     """agent/self names the cluster as datacenter and node; leader is a quoted address."""
     me = http.get("/v1/agent/self").json()
     assert me["Config"]["Datacenter"] == "alpha"
@@ -240,7 +243,7 @@ def test_agent_self_and_leader(http: httpx.Client, agent_module: AgentProcess) -
     assert r.text == f'"{agent_module.addr}"'
 
 
-def test_blocking_query_returns_on_change(http: httpx.Client, agent_module: AgentProcess) -> None:  # noqa: F811
+def test_blocking_query_returns_on_change(http: httpx.Client, agent_module: AgentProcess) -> None:
     """A blocking query with the current index returns as soon as a change commits."""
     index = int(http.get("/v1/health/service/bq").headers["X-Consul-Index"])
     result: dict[str, object] = {}
