@@ -20,6 +20,7 @@ static key, so someone who stole an old epoch's symmetric keys cannot follow the
 from __future__ import annotations
 
 import enum
+import functools
 
 import msgspec
 
@@ -90,7 +91,7 @@ def new_keyring(root: bytes, peering_id: str, direction: Direction) -> StreamKey
 def stream_tag(keyring: StreamKeyring) -> bytes:
     """A short public label of the stream, so a record copied from another peering or
     direction is recognised (WRONG_STREAM) before any decryption is attempted."""
-    return crypto.mac(keyring.KeyHashKey, b"stream tag")[:STREAM_TAG_BYTES]
+    return _derive_stream_tag(keyring.KeyHashKey)
 
 
 def record_key(keyring: StreamKeyring, logical_key: str) -> bytes:
@@ -103,8 +104,19 @@ def aead_key(keyring: StreamKeyring, epoch: int) -> bytes | None:
     secret = keyring.EpochSecrets.get(epoch)
     if secret is None:
         return None
-    info = _info(b"record aead", keyring.PeeringID, keyring.StreamDirection, b"%d" % epoch)
+    return _derive_aead_key(secret, keyring.PeeringID, keyring.StreamDirection, epoch)
+
+
+# Pure functions of their (hashable) inputs, called for every record: cache the derivations.
+@functools.lru_cache(maxsize=256)
+def _derive_aead_key(secret: bytes, peering_id: str, direction: Direction, epoch: int) -> bytes:
+    info = _info(b"record aead", peering_id, direction, b"%d" % epoch)
     return crypto.hkdf(secret, salt=b"", info=info)
+
+
+@functools.lru_cache(maxsize=256)
+def _derive_stream_tag(key_hash_key: bytes) -> bytes:
+    return crypto.mac(key_hash_key, b"stream tag")[:STREAM_TAG_BYTES]
 
 
 def _next_secret(keyring: StreamKeyring, new_epoch: int, rotation_dh: bytes) -> bytes:
