@@ -284,30 +284,60 @@ def replay(
         yield ReplayStep(offset, decoded, effects, state), keyring
 
 
+class Ingested(msgspec.Struct, frozen=True):
+    """Result of ``ingest``: the state and keyring after a batch, and each record's effects."""
+
+    state: ImportState
+    keyring: StreamKeyring
+    effects: list[tuple[int, list[Effect]]]
+
+    @property
+    def rejects(self) -> list[Rejected]:
+        return [e for _, effects in self.effects for e in effects if isinstance(e, Rejected)]
+
+
+def ingest(
+    records: Iterable[Record],
+    keyring: StreamKeyring,
+    importer_static_private: bytes,
+    now: float,
+    state: ImportState | None = None,
+    mode: ImportMode = ImportMode.LIVE,
+) -> Ingested:
+    """Decode and fold a batch of records (a consumer poll, or a whole topic) in one go.
+
+    Same fold as ``apply``, but into one private copy of the instances: no intermediate state
+    escapes, so the per-record copy that keeps ``apply`` pure is not needed (linear, not
+    quadratic). The live loop commits the result and the batch's last offset in one SQLite
+    transaction; the keyring is part of that commit when a rotation happened.
+    """
+    state = state or ImportState()
+    working = dict(state.Instances)
+    state = msgspec.structs.replace(state, Instances=working)
+    per_record: list[tuple[int, list[Effect]]] = []
+    for offset, key, value in records:
+        decoded = decode_record(keyring, key, value)
+        state, effects, changes = _fold(state, offset, decoded, now, mode)
+        for changed_key, instance in changes:
+            if instance is None:
+                working.pop(changed_key, None)
+            else:
+                working[changed_key] = instance
+        keyring = _follow_keys(keyring, effects, importer_static_private, mode)
+        if effects:
+            per_record.append((offset, effects))
+    return Ingested(state=state, keyring=keyring, effects=per_record)
+
+
 def rebuild(
     records: Iterable[Record],
     keyring: StreamKeyring,
     importer_static_private: bytes,
     now: float,
 ) -> tuple[ImportState, StreamKeyring, list[Rejected]]:
-    """Rebuild a stream's imported set from its (compacted) topic, for an atomic swap.
-
-    Same fold as ``replay``, but into one private dict: no intermediate state escapes, so
-    the per-record copy that keeps ``apply`` pure is not needed (linear, not quadratic).
-    """
-    working: dict[str, ServiceInstance] = {}
-    state, rejects = ImportState(Instances=working), list[Rejected]()
-    for offset, key, value in records:
-        decoded = decode_record(keyring, key, value)
-        state, effects, changes = _fold(state, offset, decoded, now, ImportMode.REBUILD)
-        for changed_key, instance in changes:
-            if instance is None:
-                working.pop(changed_key, None)
-            else:
-                working[changed_key] = instance
-        keyring = _follow_keys(keyring, effects, importer_static_private, ImportMode.REBUILD)
-        rejects.extend(e for e in effects if isinstance(e, Rejected))
-    return msgspec.structs.replace(state, Instances=dict(working)), keyring, rejects
+    """Rebuild a stream's imported set from its (compacted) topic, for an atomic swap."""
+    result = ingest(records, keyring, importer_static_private, now, mode=ImportMode.REBUILD)
+    return result.state, result.keyring, result.rejects
 
 
 # ---------------------------------------------------------------------------------------

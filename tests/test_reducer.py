@@ -22,6 +22,7 @@ from agent.reducer import (
     apply,
     fingerprint,
     heartbeat,
+    ingest,
     rebuild,
     reconcile,
     replay,
@@ -353,3 +354,25 @@ def test_resync_request_reaches_the_other_exporter() -> None:
     topic.publish([event])
     _, effects = run_live(ImportState(), topic)
     assert effects == [RepublishRequested("count_mismatch")]
+
+
+def test_ingest_in_batches_equals_record_by_record_apply() -> None:
+    """ingest over poll-sized batches gives the same state as apply per record, and never
+    mutates the state it was given."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    pub = PublisherState()
+    for desired in (view(1, 2, 3), view(2, 3), view(2, 3, 4, 5), view(5)):
+        pub, events = reconcile(pub, desired, NOW)
+        topic.publish(events)
+    expected, _ = run_live(ImportState(), topic)
+    state, keyring = ImportState(), peers.a2d
+    for start in range(0, len(topic.records), 3):
+        before = state
+        snapshot = dict(before.Instances)
+        result = ingest(topic.records[start : start + 3], keyring, peers.dialer_private, NOW, state)
+        assert before.Instances == snapshot
+        state, keyring = result.state, result.keyring
+    assert state.Instances == expected.Instances == view(5)
+    assert state.LastOffset == expected.LastOffset
+    assert state.LastSeq == expected.LastSeq
