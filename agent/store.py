@@ -55,7 +55,9 @@ CREATE TABLE IF NOT EXISTS config_entries (
     kind TEXT NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL,
     create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL, PRIMARY KEY (kind, name));
 CREATE TABLE IF NOT EXISTS exported_current (
-    peer TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (peer, key));
+    peer TEXT NOT NULL, key TEXT NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (peer, key));
+CREATE INDEX IF NOT EXISTS exported_current_by_name ON exported_current (name);
 CREATE TABLE IF NOT EXISTS exported_changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL, key TEXT NOT NULL,
     body BLOB, changed_at REAL NOT NULL);
@@ -212,24 +214,28 @@ class Store:
 
     def _write(
         self,
-        apply: Callable[[sqlite3.Connection, int], bool],
+        apply: Callable[[sqlite3.Connection, int, set[str]], bool],
         *,
-        exported: bool,
+        exported: Literal["none", "touched", "all"],
         now: float | None = None,
     ) -> int:
-        """Run ``apply(conn, next_index)`` in one transaction; bump the index if it changed.
+        """Run ``apply(conn, next_index, touched)`` in one transaction; bump the index if it
+        changed.
 
-        ``exported`` says the write may change what peers see: the exported view is then
-        recomputed and its diff appended to the feed inside the same transaction.
+        ``exported`` says whether the write may change what peers see: the exported view of
+        the service names ``apply`` added to ``touched`` (or of every service, for config
+        changes) is then recomputed and its diff appended to the feed in the same transaction.
         """
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 index = _get_index(conn)
-                changed = apply(conn, index + 1)
-                if changed and exported:
-                    _refresh_exported(conn, time.time() if now is None else now)
+                touched: set[str] = set()
+                changed = apply(conn, index + 1, touched)
+                if changed and exported != "none":
+                    names = None if exported == "all" else touched
+                    _refresh_exported(conn, time.time() if now is None else now, names)
                 if changed:
                     index += 1
                     conn.execute("UPDATE meta SET value = ? WHERE key = 'index'", (index,))
@@ -257,19 +263,19 @@ class Store:
         """Insert or replace an instance and its checks; existing checks keep their status."""
         at = time.time() if now is None else now
         return self._write(
-            lambda c, i: _put_instance(c, i, instance, source, at), exported=True, now=at
+            lambda c, i, t: _put_instance(c, i, instance, source, at, t), exported="touched", now=at
         )
 
     def deregister(self, service_id: str) -> bool:
         """Remove an instance and its checks; False if it was not registered."""
         found = False
 
-        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+        def apply(conn: sqlite3.Connection, _index: int, touched: set[str]) -> bool:
             nonlocal found
-            found = _delete_instance(conn, service_id)
+            found = _delete_instance(conn, service_id, touched)
             return found
 
-        self._write(apply, exported=True)
+        self._write(apply, exported="touched")
         return found
 
     def update_check(
@@ -283,7 +289,7 @@ class Store:
         at = time.time() if now is None else now
         found = False
 
-        def apply(conn: sqlite3.Connection, index: int) -> bool:
+        def apply(conn: sqlite3.Connection, index: int, touched: set[str]) -> bool:
             nonlocal found
             row = conn.execute(
                 "SELECT service_id, body FROM checks WHERE check_id = ?", (check_id,)
@@ -301,10 +307,10 @@ class Store:
             )
             if new == old:
                 return False
-            conn.execute("UPDATE instances SET modify_index = ? WHERE id = ?", (index, row[0]))
+            _touch(conn, index, row[0], touched)
             return True
 
-        self._write(apply, exported=True, now=at)
+        self._write(apply, exported="touched", now=at)
         return found
 
     def expire_ttl_checks(self, now: float | None = None) -> list[str]:
@@ -312,7 +318,7 @@ class Store:
         at = time.time() if now is None else now
         expired: list[str] = []
 
-        def apply(conn: sqlite3.Connection, index: int) -> bool:
+        def apply(conn: sqlite3.Connection, index: int, touched: set[str]) -> bool:
             rows = conn.execute(
                 "SELECT check_id, service_id, body, expires_at FROM checks"
                 " WHERE expires_at IS NOT NULL AND expires_at <= ?",
@@ -327,16 +333,14 @@ class Store:
                     "UPDATE checks SET body = ? WHERE check_id = ?",
                     (_encoder.encode(catalog.expire(check)), check_id),
                 )
-                conn.execute(
-                    "UPDATE instances SET modify_index = ? WHERE id = ?", (index, service_id)
-                )
+                _touch(conn, index, service_id, touched)
             # A deadline fires once; the next pass/warn/fail sets a new one.
             conn.executemany(
                 "UPDATE checks SET expires_at = NULL WHERE check_id = ?", [(r[0],) for r in rows]
             )
             return bool(expired)
 
-        self._write(apply, exported=True, now=at)
+        self._write(apply, exported="touched", now=at)
         return expired
 
     def sync_file_services(
@@ -346,19 +350,19 @@ class Store:
         at = time.time() if now is None else now
         wanted = list(instances)
 
-        def apply(conn: sqlite3.Connection, index: int) -> bool:
+        def apply(conn: sqlite3.Connection, index: int, touched: set[str]) -> bool:
             changed = False
             for inst in wanted:
-                changed |= _put_instance(conn, index, inst, "file", at)
+                changed |= _put_instance(conn, index, inst, "file", at, touched)
             keep = {inst.ID for inst in wanted}
             for (service_id,) in conn.execute(
                 "SELECT id FROM instances WHERE source = 'file'"
             ).fetchall():
                 if service_id not in keep:
-                    changed |= _delete_instance(conn, service_id)
+                    changed |= _delete_instance(conn, service_id, touched)
             return changed
 
-        return self._write(apply, exported=True, now=at)
+        return self._write(apply, exported="touched", now=at)
 
     # --- local catalog: reads --------------------------------------------------------------
 
@@ -391,7 +395,7 @@ class Store:
         """Store the (already validated) exported-services entry; recompute the feed."""
         body = _encoder.encode(msgspec.structs.replace(entry, CreateIndex=0, ModifyIndex=0))
 
-        def apply(conn: sqlite3.Connection, index: int) -> bool:
+        def apply(conn: sqlite3.Connection, index: int, _touched: set[str]) -> bool:
             row = conn.execute(
                 "SELECT body FROM config_entries WHERE kind = ? AND name = ?",
                 (entry.Kind, entry.Name),
@@ -406,19 +410,19 @@ class Store:
             )
             return True
 
-        return self._write(apply, exported=True)
+        return self._write(apply, exported="all")
 
     def delete_exported_services(self) -> int:
         """Remove the exported-services entry (nothing is exported any more)."""
 
-        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
             cur = conn.execute(
                 "DELETE FROM config_entries WHERE kind = ? AND name = ?",
                 (catalog.EXPORTED_SERVICES_KIND, catalog.EXPORTED_SERVICES_NAME),
             )
             return cur.rowcount > 0
 
-        return self._write(apply, exported=True)
+        return self._write(apply, exported="all")
 
     def exported_services(self) -> ExportedServicesEntry | None:
         """The exported-services entry with Create/ModifyIndex, or None if never set."""
@@ -477,7 +481,7 @@ class Store:
         """Atomically make ``instances`` the whole imported set of ``peer``."""
         wanted = {catalog.instance_key(inst): inst for inst in instances}
 
-        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
             current = _imported_bodies(conn, peer)
             new = {key: _encoder.encode(inst) for key, inst in wanted.items()}
             _ensure_peer(conn, peer)
@@ -490,7 +494,7 @@ class Store:
             )
             return True
 
-        return self._write(apply, exported=False)
+        return self._write(apply, exported="none")
 
     def apply_imported(
         self, peer: str, upserts: Iterable[ServiceInstance], removals: Iterable[str]
@@ -499,7 +503,7 @@ class Store:
         ups = list(upserts)
         rems = list(removals)
 
-        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
             _ensure_peer(conn, peer)
             changed = False
             for inst in ups:
@@ -520,12 +524,12 @@ class Store:
                 changed |= cur.rowcount > 0
             return changed
 
-        return self._write(apply, exported=False)
+        return self._write(apply, exported="none")
 
     def set_imported_stale(self, peer: str, stale: bool) -> int:
         """Flag ``peer``'s imported services as stale (peering FAILING) or fresh again."""
 
-        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
             _ensure_peer(conn, peer)
             cur = conn.execute(
                 "UPDATE imported_peers SET stale = ? WHERE peer = ? AND stale != ?",
@@ -533,17 +537,17 @@ class Store:
             )
             return cur.rowcount > 0
 
-        return self._write(apply, exported=False)
+        return self._write(apply, exported="none")
 
     def drop_imported(self, peer: str) -> int:
         """Forget everything imported from ``peer`` (peering deleted)."""
 
-        def apply(conn: sqlite3.Connection, _index: int) -> bool:
+        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
             removed = conn.execute("DELETE FROM imported WHERE peer = ?", (peer,)).rowcount
             dropped = conn.execute("DELETE FROM imported_peers WHERE peer = ?", (peer,)).rowcount
             return removed + dropped > 0
 
-        return self._write(apply, exported=False)
+        return self._write(apply, exported="none")
 
     def imported_instances(self, peer: str, name: str | None = None) -> list[ServiceInstance]:
         """Instances imported from ``peer`` (all, or of one service), ordered by key."""
@@ -597,10 +601,16 @@ def _load_entry(conn: sqlite3.Connection) -> ExportedServicesEntry | None:
 
 
 def _checks_by_service(
-    conn: sqlite3.Connection, service_id: str | None
+    conn: sqlite3.Connection, service_id: str | None, name: str | None = None
 ) -> dict[str, list[HealthCheck]]:
-    if service_id is None:
+    if service_id is None and name is None:
         rows = conn.execute("SELECT service_id, body FROM checks ORDER BY service_id, pos")
+    elif service_id is None:
+        rows = conn.execute(
+            "SELECT c.service_id, c.body FROM checks c JOIN instances i ON c.service_id = i.id"
+            " WHERE i.name = ? ORDER BY c.service_id, c.pos",
+            (name,),
+        )
     else:
         rows = conn.execute(
             "SELECT service_id, body FROM checks WHERE service_id = ? ORDER BY pos",
@@ -619,7 +629,8 @@ def _load_instances(conn: sqlite3.Connection, name: str | None) -> list[LocalIns
         sql += " WHERE name = ?"
         params = (name,)
     rows = conn.execute(sql + " ORDER BY id", params).fetchall()
-    checks = _checks_by_service(conn, None)
+    # Only the checks of the service asked for: health queries must not scale with the catalog.
+    checks = _checks_by_service(conn, None, name)
     return [
         LocalInstance(
             msgspec.structs.replace(
@@ -641,8 +652,21 @@ def _load_instance(conn: sqlite3.Connection, service_id: str) -> ServiceInstance
     return msgspec.structs.replace(_instance_decoder.decode(row[0]), Checks=tuple(checks))
 
 
+def _touch(conn: sqlite3.Connection, index: int, service_id: str, touched: set[str]) -> None:
+    """Mark an instance modified at ``index`` and its service as needing an export refresh."""
+    conn.execute("UPDATE instances SET modify_index = ? WHERE id = ?", (index, service_id))
+    row = conn.execute("SELECT name FROM instances WHERE id = ?", (service_id,)).fetchone()
+    if row is not None:
+        touched.add(row[0])
+
+
 def _put_instance(
-    conn: sqlite3.Connection, index: int, instance: ServiceInstance, source: str, now: float
+    conn: sqlite3.Connection,
+    index: int,
+    instance: ServiceInstance,
+    source: str,
+    now: float,
+    touched: set[str],
 ) -> bool:
     for check in instance.Checks:
         row = conn.execute(
@@ -651,13 +675,16 @@ def _put_instance(
         if row is not None and row[0] != instance.ID:
             raise StoreError(f"check id {check.CheckID!r} already belongs to service {row[0]!r}")
     old_row = conn.execute(
-        "SELECT source, create_index FROM instances WHERE id = ?", (instance.ID,)
+        "SELECT source, create_index, name FROM instances WHERE id = ?", (instance.ID,)
     ).fetchone()
     old = _load_instance(conn, instance.ID)
     new = catalog.carry_check_state(old, instance)
     if old == new and old_row is not None and old_row[0] == source:
         return False
     create_index = old_row[1] if old_row is not None else index
+    touched.add(new.Name)
+    if old_row is not None:
+        touched.add(old_row[2])  # the instance may have changed service name
     body = _encoder.encode(msgspec.structs.replace(new, Checks=()))
     conn.execute(
         "INSERT OR REPLACE INTO instances (id, name, source, body, create_index, modify_index)"
@@ -675,17 +702,36 @@ def _put_instance(
     return True
 
 
-def _delete_instance(conn: sqlite3.Connection, service_id: str) -> bool:
+def _delete_instance(conn: sqlite3.Connection, service_id: str, touched: set[str]) -> bool:
+    row = conn.execute("SELECT name FROM instances WHERE id = ?", (service_id,)).fetchone()
+    if row is None:
+        return False
+    touched.add(row[0])
     conn.execute("DELETE FROM checks WHERE service_id = ?", (service_id,))
-    return conn.execute("DELETE FROM instances WHERE id = ?", (service_id,)).rowcount > 0
+    conn.execute("DELETE FROM instances WHERE id = ?", (service_id,))
+    return True
 
 
-def _refresh_exported(conn: sqlite3.Connection, now: float) -> None:
-    """Recompute the exported view, store it and append its diff to the feed."""
-    instances = [local.Instance for local in _load_instances(conn, None)]
+def _refresh_exported(conn: sqlite3.Connection, now: float, names: set[str] | None) -> None:
+    """Recompute the exported view (of ``names``, or all services), store it and append its
+    diff to the feed. Restricting to the touched services keeps a write O(service size)."""
+    if names is None:
+        instances = [local.Instance for local in _load_instances(conn, None)]
+        current = conn.execute("SELECT peer, key, body FROM exported_current").fetchall()
+    else:
+        instances = [
+            local.Instance for name in sorted(names) for local in _load_instances(conn, name)
+        ]
+        current = [
+            row
+            for name in sorted(names)
+            for row in conn.execute(
+                "SELECT peer, key, body FROM exported_current WHERE name = ?", (name,)
+            ).fetchall()
+        ]
     new = catalog.exported_view(instances, _load_entry(conn))
     old: dict[str, dict[str, ServiceInstance]] = {}
-    for peer, key, body in conn.execute("SELECT peer, key, body FROM exported_current"):
+    for peer, key, body in current:
         old.setdefault(peer, {})[key] = _instance_decoder.decode(body)
     for change in catalog.diff_views(old, new):
         if change.Instance is None:
@@ -697,8 +743,9 @@ def _refresh_exported(conn: sqlite3.Connection, now: float) -> None:
         else:
             body = _encoder.encode(change.Instance)
             conn.execute(
-                "INSERT OR REPLACE INTO exported_current (peer, key, body) VALUES (?, ?, ?)",
-                (change.Peer, change.Key, body),
+                "INSERT OR REPLACE INTO exported_current (peer, key, name, body)"
+                " VALUES (?, ?, ?, ?)",
+                (change.Peer, change.Key, change.Instance.Name, body),
             )
         conn.execute(
             "INSERT INTO exported_changes (peer, key, body, changed_at) VALUES (?, ?, ?, ?)",

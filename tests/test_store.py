@@ -249,3 +249,22 @@ def test_notifier_wakes_waiter_from_worker_thread(tmp_path: Path) -> None:
             s.close()
 
     anyio.run(main)
+
+
+def test_incremental_export_matches_full_recompute(store: Store) -> None:
+    """The per-service refresh leaves the same view as recomputing everything (rename too)."""
+    from agent import catalog
+
+    store.set_exported_services(export(("web", ["beta"]), ("db", ["gamma"])))
+    store.register(web("x-1", name="web"))
+    store.register(web("x-2", name="web"))
+    store.register(web("x-1", name="db"))  # same id moves from web to db
+    store.update_check("service:x-2", CheckStatus.PASSING)
+    store.deregister("x-2")
+    full = catalog.exported_view(store.instances(), store.exported_services())
+    assert {p: store.exported_view(p) for p in ("beta", "gamma")} == {
+        "beta": full.get("beta", {}),
+        "gamma": full.get("gamma", {}),
+    }
+    assert list(store.exported_view("gamma")) == ["x-1"]
+    assert store.exported_changes("beta")[-1].Instance is None
