@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-import consul
+import consul  # type: ignore[import-untyped]  # py-consul ships no type information
 import pytest
 
 from tests import agent_fixtures
