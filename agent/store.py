@@ -440,10 +440,35 @@ class Store:
         return {r[0]: _instance_decoder.decode(r[1]) for r in rows}
 
     def exported_peers(self) -> list[str]:
-        """Peers that ever had something exported to them (their feed is not empty)."""
+        """Peers that see something now or have feed rows (e.g. pending removals)."""
         with self._read() as conn:
-            rows = conn.execute("SELECT DISTINCT peer FROM exported_changes ORDER BY peer")
+            rows = conn.execute(
+                "SELECT peer FROM exported_current UNION SELECT peer FROM exported_changes"
+                " ORDER BY peer"
+            )
             return [r[0] for r in rows.fetchall()]
+
+    def prune_exported_changes(self, peer: str, through_seq: int) -> int:
+        """Drop ``peer``'s feed rows with seq <= ``through_seq`` (published and acknowledged).
+
+        Safe because ``exported_view`` is materialised: a reconcile never needs old rows.
+        The newest row is always kept so ``last_exported_seq`` never goes backwards.
+        Returns the number of rows removed; the catalog index does not move.
+        """
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = conn.execute(
+                    "DELETE FROM exported_changes WHERE peer = ? AND seq <= ? AND seq <"
+                    " (SELECT MAX(seq) FROM exported_changes WHERE peer = ?)",
+                    (peer, through_seq, peer),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return int(cur.rowcount)
 
     def exported_changes(self, peer: str, after_seq: int = 0, limit: int = 1000) -> list[FeedRow]:
         """The feed rows of ``peer`` with seq > ``after_seq``, in order, at most ``limit``."""

@@ -268,3 +268,16 @@ def test_incremental_export_matches_full_recompute(store: Store) -> None:
     }
     assert list(store.exported_view("gamma")) == ["x-1"]
     assert store.exported_changes("beta")[-1].Instance is None
+
+
+def test_prune_exported_changes_keeps_newest(store: Store) -> None:
+    """Pruning drops acknowledged rows but keeps the newest seq and the materialised view."""
+    store.set_exported_services(export(("web", ["beta"])))
+    for port in (1, 2, 3):
+        store.register(web(port=port))
+    last = store.last_exported_seq("beta")
+    assert store.prune_exported_changes("beta", last) == 2
+    assert store.last_exported_seq("beta") == last
+    assert [r.Seq for r in store.exported_changes("beta")] == [last]
+    assert store.exported_view("beta")["web-1"].Port == 3
+    assert store.exported_peers() == ["beta"]
