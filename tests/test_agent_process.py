@@ -349,3 +349,21 @@ def test_extension_routes_are_served(tmp_path: Path) -> None:
         return text
 
     assert anyio.run(main) == "peering here"
+
+
+def test_config_file_settings_apply(
+    agent_factory: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    """Settings from --config (JSON logs, services file) apply under the CLI flags."""
+    services = tmp_path / "svc.json"
+    services.write_text('[{"Name": "from-config"}]')
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f'name = "ignored"\nkafka = ["h:1"]\nlog_format = "json"\nservices_file = "{services}"\n'
+    )
+    agent = agent_factory(name="gamma", extra_args=["--config", str(cfg)])
+    with agent.client() as http:
+        assert "from-config" in http.get("/v1/catalog/services").json()
+        assert http.get("/v1/agent/self").json()["Config"]["Datacenter"] == "gamma"
+    first = agent.log().splitlines()[0]
+    assert json.loads(first)["level"] == "info"
