@@ -32,7 +32,7 @@ from agent.catalog import CatalogError, ExportedServicesEntry
 from agent.config import AgentConfig
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
 from agent.names import InvalidName, validate_peer_name, validate_service_name
-from agent.store import IndexNotifier, Store, StoreError
+from agent.store import IndexNotifier, LocalInstance, Store, StoreError
 
 T = TypeVar("T")
 
@@ -320,20 +320,26 @@ class Api:
 
     # --- read endpoints ---
 
-    def _read_instances(self, peer: str | None, name: str | None) -> tuple[int, list[Any]]:
-        # Index first: data is at least as new as the index, so a client never misses a change.
+    def _read_instances(
+        self, peer: str | None, name: str | None
+    ) -> tuple[int, list[LocalInstance]]:
+        """(index, instances) from the local catalog, or from ``peer``'s imported one.
+
+        The index is read first: the data is at least as new, so a client never misses a
+        change. Imported instances carry no raft-style indexes (0), as they are not ours.
+        """
         index = self.store.index
         if peer is None:
             return index, self.store.list_local(name)
-        return index, self.store.imported_instances(peer, name)
+        imported = self.store.imported_instances(peer, name)
+        return index, [LocalInstance(inst, "peer", 0, 0) for inst in imported]
 
     async def catalog_services(self, request: Request) -> Response:
         self.common_params(request)
         peer = self.peer_param(request)
         await self.block(request)
         index, rows = await self.call(self._read_instances, peer, None)
-        instances = [r if peer else r.Instance for r in rows]
-        return json_response(catalog.service_tags(instances), index=index)
+        return json_response(catalog.service_tags(r.Instance for r in rows), index=index)
 
     def _service_name(self, request: Request) -> str:
         try:
@@ -350,7 +356,7 @@ class Api:
         index, rows = await self.call(self._read_instances, peer, name)
         entries = []
         for row in rows:
-            inst: ServiceInstance = row if peer else row.Instance
+            inst = row.Instance
             if tag is not None and tag not in inst.Tags:
                 continue
             node = self.node(peer, inst.Address)
@@ -370,8 +376,8 @@ class Api:
                     ServicePort=inst.Port,
                     ServiceWeights=Weights(),
                     ServiceEnableTagOverride=False,
-                    CreateIndex=0 if peer else row.CreateIndex,
-                    ModifyIndex=0 if peer else row.ModifyIndex,
+                    CreateIndex=row.CreateIndex,
+                    ModifyIndex=row.ModifyIndex,
                     PeerName=peer if peer is not None else msgspec.UNSET,
                 )
             )
@@ -386,7 +392,7 @@ class Api:
         passing = request.query_params.get("passing", "false").lower() not in ("false", "0")
         await self.block(request)
         index, rows = await self.call(self._read_instances, peer, name)
-        instances = [r if peer else r.Instance for r in rows]
+        instances = [r.Instance for r in rows]
         entries = []
         for inst in catalog.filter_health(instances, passing=passing, tag=tag):
             node = self.node(peer, inst.Address)

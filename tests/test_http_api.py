@@ -297,3 +297,31 @@ def test_agent_services_and_checks(http: httpx.Client) -> None:
     assert http.get("/v1/agent/service/as-1").json()["ID"] == "as-1"
     assert http.get("/v1/agent/service/missing").status_code == 404
     assert http.get("/v1/agent/checks").json()["service:as-1"]["ServiceID"] == "as-1"
+
+
+def test_imported_services_are_tagged_and_never_mixed(
+    http: httpx.Client, agent_module: AgentProcess
+) -> None:
+    """Instances imported from a peer show only under ?peer=, with PeerName, never locally."""
+    from agent.model import ServiceInstance
+    from agent.store import Store
+
+    register(http, {"Name": "mix", "ID": "mix-local"})
+    store = Store.open(agent_module.data_dir)  # a second writer, as the peering layer will be
+    try:
+        store.replace_imported(
+            "beta", [ServiceInstance("mix-remote", "mix", Address="10.9.9.9", Port=7)]
+        )
+    finally:
+        store.close()
+    local = http.get("/v1/health/service/mix").json()
+    assert [e["Service"]["ID"] for e in local] == ["mix-local"]
+    assert "PeerName" not in local[0]["Service"]
+    [remote] = http.get("/v1/health/service/mix?peer=beta").json()
+    assert remote["Service"]["ID"] == "mix-remote"
+    assert remote["Service"]["PeerName"] == "beta"
+    assert remote["Node"]["Address"] == "10.9.9.9"
+    [entry] = http.get("/v1/catalog/service/mix?peer=beta").json()
+    assert (entry["ServiceID"], entry["PeerName"]) == ("mix-remote", "beta")
+    assert http.get("/v1/catalog/services?peer=beta").json() == {"mix": []}
+    assert http.get("/v1/catalog/service/mix?peer=gamma").json() == []
