@@ -310,18 +310,18 @@ def test_imported_services_are_tagged_and_never_mixed(
     store = Store.open(agent_module.data_dir)  # a second writer, as the peering layer will be
     try:
         store.replace_imported(
-            "beta", [ServiceInstance("mix-remote", "mix", Address="10.9.9.9", Port=7)]
+            "mixpeer", [ServiceInstance("mix-remote", "mix", Address="10.9.9.9", Port=7)]
         )
     finally:
         store.close()
     local = http.get("/v1/health/service/mix").json()
     assert [e["Service"]["ID"] for e in local] == ["mix-local"]
     assert "PeerName" not in local[0]["Service"]
-    [remote] = http.get("/v1/health/service/mix?peer=beta").json()
+    [remote] = http.get("/v1/health/service/mix?peer=mixpeer").json()
     assert remote["Service"]["ID"] == "mix-remote"
-    assert remote["Service"]["PeerName"] == "beta"
+    assert remote["Service"]["PeerName"] == "mixpeer"
     assert remote["Node"]["Address"] == "10.9.9.9"
-    [entry] = http.get("/v1/catalog/service/mix?peer=beta").json()
-    assert (entry["ServiceID"], entry["PeerName"]) == ("mix-remote", "beta")
-    assert http.get("/v1/catalog/services?peer=beta").json() == {"mix": []}
-    assert http.get("/v1/catalog/service/mix?peer=gamma").json() == []
+    [entry] = http.get("/v1/catalog/service/mix?peer=mixpeer").json()
+    assert (entry["ServiceID"], entry["PeerName"]) == ("mix-remote", "mixpeer")
+    assert http.get("/v1/catalog/services?peer=mixpeer").json() == {"mix": []}
+    assert http.get("/v1/catalog/service/mix?peer=otherpeer").json() == []
