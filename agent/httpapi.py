@@ -224,6 +224,10 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except anyio.get_cancelled_exc_class():
+            # The client went away (or the server is stopping) before an answer: nginx's 499.
+            status = 499
+            raise
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
