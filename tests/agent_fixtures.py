@@ -87,13 +87,24 @@ class AgentProcess:
             *self.extra_args,
         )
 
-    def start(self) -> AgentProcess:
-        """Spawn the process and wait until /v1/status/leader answers."""
+    def start(self, retry_port: bool = True) -> AgentProcess:
+        """Spawn the process and wait until /v1/status/leader answers.
+
+        If another process grabbed the free port in between, retry once on a new port
+        (``restart`` passes False: it must keep the address).
+        """
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT, env=cli_env(self.env), cwd=REPO
             )
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except RuntimeError:
+            if not (retry_port and "cannot listen on" in self.log()):
+                raise
+            self.kill()
+            self.port = free_port()
+            return self.start(retry_port=False)
         return self
 
     def wait_ready(self) -> None:
@@ -140,7 +151,7 @@ class AgentProcess:
     def restart(self) -> AgentProcess:
         """Start again on the same port and data dir (after ``kill`` or ``stop``)."""
         self.kill()
-        return self.start()
+        return self.start(retry_port=False)
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=15.0)
