@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 KAFKA_CACHE := .cache/kafka
 
-.PHONY: test demo lint typecheck pytest kafka schemas clean
+.PHONY: test demo lint typecheck pytest kafka prometheus clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(KAFKA_CACHE)/current: ops/kafka/pom.xml ops/kafka/fetch.sh
 
 kafka: $(KAFKA_CACHE)/current
 
+# Debian's prometheus + promtool for the observability tests (installed only when missing).
+prometheus:
+	ops/prometheus/install.sh
+
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -29,7 +33,7 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(BIN)/mypy --strict agent
 
-pytest: $(INSTALLED) kafka
+pytest: $(INSTALLED) kafka prometheus
 	$(BIN)/pytest
 
 test: lint typecheck pytest

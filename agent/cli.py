@@ -85,6 +85,7 @@ def agent_cmd(
 ) -> None:
     """Run the agent for one cluster (flags > PEERING_* env > config file > defaults)."""
     from agent.config import ConfigError, load_config
+    from agent.peering.extension import peering_extension
     from agent.runtime import run
 
     flags = {
@@ -99,7 +100,7 @@ def agent_cmd(
         cfg = load_config(config, flags=flags)
     except ConfigError as exc:
         _fail(str(exc))
-    raise typer.Exit(run(cfg))
+    raise typer.Exit(run(cfg, extensions=[peering_extension]))
 
 
 @app.command()

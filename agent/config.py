@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from agent.kafka_client import KafkaSecurity, KafkaSettings
 from agent.names import InvalidName, validate_cluster_name
 
 ENV_PREFIX = "PEERING_"
@@ -54,6 +55,16 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     advertise_kafka: tuple[str, ...] | None = None
     # Address shown as the node address in catalog answers; defaults to the HTTP host.
     advertise_addr: str | None = None
+    # Peering: how long an establish call waits for the acceptor's answer, how long a token
+    # stays valid, and how long stream topics outlive a deleted peering (so that the peer
+    # reads the Terminated record even if it was offline for a while).
+    establish_timeout: Annotated[float, msgspec.Meta(ge=1.0, le=600.0)] = 30.0
+    token_ttl: Annotated[float, msgspec.Meta(ge=1.0, le=30 * 86400.0)] = 86400.0
+    delete_grace: Annotated[float, msgspec.Meta(ge=0.0, le=7 * 86400.0)] = 30.0
+    # TLS/SASL for the home Kafka (``kafka``), and for Kafka clusters reached through tokens,
+    # matched by any of their bootstrap servers.
+    kafka_security: KafkaSecurity = msgspec.field(default_factory=KafkaSecurity)
+    kafka_clusters: tuple[KafkaSettings, ...] = ()
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 512 * 1024
     ttl_tick_seconds: Annotated[float, msgspec.Meta(ge=0.05, le=60.0)] = 0.5
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError as KafkaError  # re-exported: callers catch it
 from aiokafka.helpers import create_ssl_context
 
 log = logging.getLogger(__name__)
@@ -28,17 +28,27 @@ _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
 
 
-class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How to reach one Kafka cluster: bootstrap servers plus optional TLS and SASL."""
+class KafkaSecurity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """TLS and SASL settings for one Kafka cluster (all optional: PLAINTEXT by default)."""
 
-    bootstrap: tuple[str, ...]
-    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
-    sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = ""
     sasl_username: str = ""
     sasl_password: str = ""
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
+
+
+class KafkaSettings(KafkaSecurity, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How to reach one Kafka cluster: bootstrap servers plus optional TLS and SASL."""
+
+    bootstrap: tuple[str, ...]
+
+    @classmethod
+    def secured(cls, bootstrap: tuple[str, ...], security: KafkaSecurity) -> KafkaSettings:
+        fields = {f: getattr(security, f) for f in KafkaSecurity.__struct_fields__}
+        return cls(bootstrap=bootstrap, **fields)
 
     @classmethod
     def plain(cls, bootstrap: str) -> KafkaSettings:
@@ -81,6 +91,13 @@ class Record(msgspec.Struct, frozen=True):
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
+
+
+class Batch(msgspec.Struct, frozen=True):
+    """One poll: its records and the partition's end offset as the broker last reported it."""
+
+    records: list[Record]
+    end_offset: int
 
 
 def _settings(kafka: KafkaSettings | str) -> KafkaSettings:
@@ -209,6 +226,18 @@ async def send(client: AIOKafkaProducer, topic: str, key: bytes | None, value: b
     return offset
 
 
+async def send_batch(
+    client: AIOKafkaProducer, topic: str, records: list[tuple[bytes | None, bytes]]
+) -> list[int]:
+    """Send records in order, pipelined, and wait for every acknowledgement; their offsets.
+
+    With the idempotent producer, records to one partition keep their order even with
+    several in flight, so a batch costs about one round trip instead of one per record.
+    """
+    futures = [await client.send(topic, value=value, key=key) for key, value in records]
+    return [(await future).offset for future in futures]
+
+
 async def end_offset(kafka: KafkaSettings | str, topic: str, partition: int = 0) -> int:
     """The offset the next record written to the partition will get."""
     consumer = AIOKafkaConsumer(**_settings(kafka).client_options(), enable_auto_commit=False)
@@ -222,6 +251,63 @@ async def end_offset(kafka: KafkaSettings | str, topic: str, partition: int = 0)
         await consumer.stop()
 
 
+async def read_batches(
+    kafka: KafkaSettings | str,
+    topic: str,
+    *,
+    partition: int = 0,
+    start_offset: int = 0,
+    stop_at_end: bool = True,
+    poll_interval: float = 0.5,
+    max_records: int = 2000,
+) -> AsyncIterator[Batch]:
+    """Yield batches of records from ``start_offset`` on, without a consumer group.
+
+    With ``stop_at_end`` the iteration ends at the end offset seen when it started (a bounded
+    read, as replay and resync need); otherwise it follows the partition until cancelled and
+    yields an empty batch after each idle poll, so the caller can do timed work. An offset
+    that is no longer in the log (deleted or compacted away) continues from the earliest one.
+    """
+    consumer = AIOKafkaConsumer(
+        **_settings(kafka).client_options(),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_records,
+        fetch_max_wait_ms=int(poll_interval * 1000),
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, max(0, start_offset))
+        stop_before = (await consumer.end_offsets([tp]))[tp] if stop_at_end else None
+        while True:
+            if stop_before is not None and await consumer.position(tp) >= stop_before:
+                return
+            batches = await consumer.getmany(
+                tp, timeout_ms=int(poll_interval * 1000), max_records=max_records
+            )
+            batch = [
+                Record(
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    timestamp_ms=message.timestamp,
+                    key=message.key,
+                    value=message.value,
+                )
+                for message in batches.get(tp, [])
+                if stop_before is None or message.offset < stop_before
+            ]
+            if batch or stop_before is None:
+                # highwater is what the last fetch answer said; None before any fetch.
+                highwater = consumer.highwater(tp)
+                end = highwater if highwater is not None else batch[-1].offset + 1 if batch else 0
+                yield Batch(records=batch, end_offset=end)
+    finally:
+        await consumer.stop()
+
+
 async def read_partition(
     kafka: KafkaSettings | str,
     topic: str,
@@ -231,39 +317,14 @@ async def read_partition(
     stop_at_end: bool = True,
     poll_interval: float = 0.5,
 ) -> AsyncIterator[Record]:
-    """Yield records from ``start_offset`` on, without a consumer group.
-
-    With ``stop_at_end`` the iteration ends at the end offset seen when it started (a bounded
-    read, as replay and resync need); otherwise it follows the partition forever.
-    """
-    consumer = AIOKafkaConsumer(
-        **_settings(kafka).client_options(),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        consumer.seek(tp, start_offset)
-        stop_before = (await consumer.end_offsets([tp]))[tp] if stop_at_end else None
-        position = start_offset
-        while stop_before is None or position < stop_before:
-            batches = await consumer.getmany(tp, timeout_ms=int(poll_interval * 1000))
-            for message in batches.get(tp, []):
-                position = message.offset + 1
-                yield Record(
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    timestamp_ms=message.timestamp,
-                    key=message.key,
-                    value=message.value,
-                )
-                if stop_before is not None and position >= stop_before:
-                    return
-            if stop_before is not None and not batches:
-                # Compaction can leave the end offset past the last record still in the log.
-                position = await consumer.position(tp)
-    finally:
-        await consumer.stop()
+    """Record by record view of read_batches (idle polls are not reported)."""
+    async for batch in read_batches(
+        kafka,
+        topic,
+        partition=partition,
+        start_offset=start_offset,
+        stop_at_end=stop_at_end,
+        poll_interval=poll_interval,
+    ):
+        for record in batch.records:
+            yield record

@@ -7,6 +7,8 @@ Label values are bounded: HTTP routes are labelled with their template
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
@@ -32,3 +34,112 @@ SERVICES_FILE_RELOADS = Counter(
     "Services file loads, by result (ok or error).",
     ["result"],
 )
+
+# --- peering (names and labels: docs/metrics.md) ---------------------------------------------
+
+PEERING_STATES = ("PENDING", "ESTABLISHING", "ACTIVE", "FAILING", "DELETING", "TERMINATED")
+
+PEERING_STATE = Gauge(
+    "peering_state", "1 for the peering's current state, 0 for the others.", ["peer", "state"]
+)
+PEERING_INFO = Gauge(
+    "peering_info",
+    "Always 1: the peering's id and this side's role.",
+    ["peer", "peering_id", "role"],
+)
+EXPORTED_SERVICES = Gauge("peering_exported_services", "Services exported to the peer.", ["peer"])
+EXPORTED_INSTANCES = Gauge(
+    "peering_exported_instances", "Instances exported to the peer.", ["peer"]
+)
+IMPORTED_SERVICES = Gauge("peering_imported_services", "Services imported from the peer.", ["peer"])
+IMPORTED_INSTANCES = Gauge(
+    "peering_imported_instances", "Instances imported from the peer.", ["peer"]
+)
+LAST_HEARTBEAT = Gauge(
+    "peering_last_heartbeat_received_timestamp_seconds",
+    "Unix time of the last heartbeat received from the peer.",
+    ["peer"],
+)
+LAST_RECEIVED = Gauge(
+    "peering_last_record_received_timestamp_seconds",
+    "Unix time of the last record applied from the peer.",
+    ["peer"],
+)
+LAST_SENT = Gauge(
+    "peering_last_record_sent_timestamp_seconds",
+    "Unix time of the last record the broker acknowledged to us.",
+    ["peer"],
+)
+EVENTS_PUBLISHED = Counter(
+    "peering_events_published_total", "Events published to the peer.", ["peer", "type"]
+)
+EVENTS_APPLIED = Counter(
+    "peering_events_applied_total", "Events applied from the peer's stream.", ["peer", "type"]
+)
+RECORDS_REJECTED = Counter(
+    "peering_records_rejected_total", "Stream records not applied, by reason.", ["peer", "reason"]
+)
+PROPAGATION_DELAY = Histogram(
+    "peering_propagation_delay_seconds",
+    "Time from a change on the exporter to its application on the importer.",
+    ["peer"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CONSUMER_LAG = Gauge(
+    "peering_consumer_lag_records",
+    "Records between the importer's position and the end of the peer's stream.",
+    ["peer"],
+)
+RESYNCS = Counter(
+    "peering_resyncs_total", "Rebuilds of the imported set from the topic.", ["peer", "reason"]
+)
+KEY_ROTATIONS = Counter(
+    "peering_key_rotations_total", "Stream key rotations started by this side.", ["peer"]
+)
+HANDSHAKES = Counter(
+    "peering_handshakes_total", "Establish attempts by role and result.", ["role", "result"]
+)
+TOKENS_GENERATED = Counter("peering_tokens_generated_total", "Peering tokens generated.")
+KAFKA_CONNECTED = Gauge(
+    "peering_kafka_connected",
+    "1 when the last request to that Kafka cluster succeeded.",
+    ["kafka"],
+)
+
+_PER_PEER = (
+    EXPORTED_SERVICES,
+    EXPORTED_INSTANCES,
+    IMPORTED_SERVICES,
+    IMPORTED_INSTANCES,
+    LAST_HEARTBEAT,
+    LAST_RECEIVED,
+    LAST_SENT,
+    CONSUMER_LAG,
+    KEY_ROTATIONS,
+    PROPAGATION_DELAY,
+)
+
+
+def set_peering_state(peer: str, state: str) -> None:
+    for candidate in PEERING_STATES:
+        PEERING_STATE.labels(peer=peer, state=candidate).set(1 if candidate == state else 0)
+
+
+def set_peering_info(peer: str, peering_id: str, role: str) -> None:
+    PEERING_INFO.labels(peer=peer, peering_id=peering_id, role=role).set(1)
+
+
+def forget_peering(peer: str) -> None:
+    """Drop a deleted peering's series, so dashboards do not show ghosts."""
+    for candidate in PEERING_STATES:
+        _remove(PEERING_STATE, peer, candidate)
+    for metric in _PER_PEER:
+        _remove(metric, peer)
+    for labels in list(PEERING_INFO._metrics):  # prometheus-client has no remove-by-prefix
+        if labels[0] == peer:
+            PEERING_INFO.remove(*labels)
+
+
+def _remove(metric: Gauge | Counter | Histogram, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set for this peer
+        metric.remove(*labels)

@@ -76,10 +76,13 @@ class ImportState(msgspec.Struct, frozen=True, kw_only=True):
 class Upserted(msgspec.Struct, frozen=True):
     key: str
     instance: ServiceInstance
+    # When the exporter saw the change: the start of the propagation delay.
+    changed_at: float = 0.0
 
 
 class Removed(msgspec.Struct, frozen=True):
     key: str
+    changed_at: float = 0.0
 
 
 class HeartbeatSeen(msgspec.Struct, frozen=True):
@@ -205,12 +208,12 @@ def _dispatch(
     match event:
         case InstanceUpsert():
             changes.append((event.Key, event.Instance))
-            return [Upserted(event.Key, event.Instance)], state
+            return [Upserted(event.Key, event.Instance, event.ChangedAt)], state
         case InstanceRemove():
             if event.Key not in state.Instances:
                 return [], state
             changes.append((event.Key, None))
-            return [Removed(event.Key)], state
+            return [Removed(event.Key, event.ChangedAt)], state
         case Heartbeat():
             state = replace(state, LastHeartbeatAt=now, PeerLiveKeys=event.LiveKeys)
             return [HeartbeatSeen(event.SentAt)], state
@@ -473,3 +476,47 @@ def rotate(
         state, Epoch=rotated.CurrentEpoch, NextSeq=state.NextSeq + 1
     )
     return new_state, rotated, event
+
+
+def publish_changes(
+    state: PublisherState,
+    changes: Iterable[tuple[str, ServiceInstance | None, float]],
+    now: float,
+) -> tuple[PublisherState, list[Event]]:
+    """Events for a batch of exported-view changes ``(key, instance or None, changed_at)``,
+    in feed order. Bursts on one key coalesce to its last value (compaction would keep only
+    that one anyway), and a change that does not alter what was published sends nothing."""
+    latest: dict[str, tuple[ServiceInstance | None, float]] = {}
+    for key, instance, changed_at in changes:
+        latest.pop(key, None)  # re-insert so the key takes its newest position in the order
+        latest[key] = (instance, changed_at)
+    published = dict(state.Published)
+    seq = state.NextSeq
+    events: list[Event] = []
+    for key, (instance, changed_at) in latest.items():
+        if instance is None:
+            if key not in published:
+                continue
+            del published[key]
+            events.append(
+                InstanceRemove(
+                    Epoch=state.Epoch, Seq=seq, SentAt=now, Key=key, ChangedAt=changed_at
+                )
+            )
+        else:
+            digest = fingerprint(instance)
+            if published.get(key) == digest:
+                continue
+            published[key] = digest
+            events.append(
+                InstanceUpsert(
+                    Epoch=state.Epoch,
+                    Seq=seq,
+                    SentAt=now,
+                    Key=key,
+                    Instance=instance,
+                    ChangedAt=changed_at,
+                )
+            )
+        seq += 1
+    return msgspec.structs.replace(state, NextSeq=seq, Published=published), events

@@ -279,11 +279,11 @@ async def run_agent(
         store.close()
 
 
-def run(config: AgentConfig) -> int:
+def run(config: AgentConfig, extensions: Sequence[ExtensionFactory] = ()) -> int:
     """Blocking entry point for the CLI: the process exit code."""
     configure_logging(config)
     try:
-        anyio.run(run_agent, config)
+        anyio.run(lambda: run_agent(config, extensions=extensions))
     except AgentError as exc:
         log.error("agent stopped: %s", exc)
         return 1

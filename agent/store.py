@@ -35,6 +35,7 @@ import msgspec
 from agent import catalog
 from agent.catalog import ExportedServicesEntry
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
+from agent.store_peering import PEERING_SCHEMA, PeeringTables
 
 Source = Literal["api", "file"]
 DB_FILE = "agent.db"
@@ -152,7 +153,7 @@ class IndexNotifier:
         return self._index
 
 
-class Store:
+class Store(PeeringTables):
     """Synchronous, thread-safe access to the agent's SQLite database."""
 
     def __init__(self, path: Path, on_change: Callable[[int], None] | None = None) -> None:
@@ -165,6 +166,7 @@ class Store:
         self._conn = self._connect()
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            self._conn.executescript(PEERING_SCHEMA)
             self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('index', 1)")
 
     @classmethod

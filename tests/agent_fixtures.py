@@ -54,8 +54,10 @@ class AgentProcess:
         name: str = "alpha",
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        kafka: str = "127.0.0.1:9092",
     ) -> None:
         self.workdir = workdir
+        self.kafka = kafka
         self.name = name
         self.port = free_port()
         self.data_dir = workdir / "data"
@@ -79,7 +81,7 @@ class AgentProcess:
             "--name",
             self.name,
             "--kafka",
-            "127.0.0.1:9092",
+            self.kafka,
             "--http",
             self.addr,
             "--data-dir",
@@ -167,8 +169,9 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         start: bool = True,
+        kafka: str = "127.0.0.1:9092",
     ) -> AgentProcess:
-        agent = AgentProcess(tmp_path / f"{name}-{len(started)}", name, extra_args, env)
+        agent = AgentProcess(tmp_path / f"{name}-{len(started)}", name, extra_args, env, kafka)
         started.append(agent)
         return agent.start() if start else agent
 

@@ -1,3 +1,7 @@
-"""Shared fixtures: real Kafka brokers (tests.kafka_fixtures) and agent processes."""
+"""Shared fixtures: real Kafka brokers, agent processes and a real Prometheus server."""
 
-pytest_plugins = ["tests.kafka_fixtures"]
+pytest_plugins = [
+    "tests.kafka_fixtures",
+    "tests.agent_fixtures",
+    "tests.prometheus_fixture",
+]

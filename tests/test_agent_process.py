@@ -18,12 +18,9 @@ import pytest
 from agent.config import AgentConfig
 from agent.runtime import Extension, run_agent
 from agent.store import IndexNotifier, Store
-from tests import agent_fixtures
 from tests.agent_fixtures import AgentProcess, cli_env, free_port, peering_command
 
 # Fixtures bound here until tests/conftest.py registers tests.agent_fixtures as a plugin.
-agent_factory = agent_fixtures.agent_factory
-agent_process = agent_fixtures.agent_process
 
 pytestmark = pytest.mark.timeout(90)
 

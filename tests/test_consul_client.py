@@ -7,12 +7,9 @@ import threading
 import consul  # type: ignore[import-untyped]  # py-consul ships no type information
 import pytest
 
-from tests import agent_fixtures
 from tests.agent_fixtures import AgentProcess
 
 # Fixtures bound here until tests/conftest.py registers tests.agent_fixtures as a plugin.
-agent_factory = agent_fixtures.agent_factory
-agent_process = agent_fixtures.agent_process
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,11 +9,9 @@ import anyio
 import httpx
 import pytest
 
-from tests import agent_fixtures
 from tests.agent_fixtures import AgentProcess
 
 # Fixtures bound here until tests/conftest.py registers tests.agent_fixtures as a plugin.
-agent_module = agent_fixtures.agent_module
 
 pytestmark = pytest.mark.timeout(60)
 

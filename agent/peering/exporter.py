@@ -1,0 +1,229 @@
+"""The exporter loop of one peering: exported-view changes in, encrypted records out.
+
+On start it reconciles the current exported view with what it last published (promise 5),
+republishing everything when the topic lost acknowledged records; then it follows the
+exported-changes feed of the agent core, sends heartbeats, and serves republish and
+key-rotation requests. Sequence numbers are reserved in SQLite before producing and the
+published fingerprints recorded only after the broker acknowledged, so a crash never reuses
+a Seq and never marks an unsent change as published.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import anyio
+import msgspec
+
+from agent import kafka_client, metrics, reducer
+from agent.model import ServiceInstance
+from agent.peering.context import PeeringContext, kafka_label
+from agent.peering.records import PeeringRecord
+from agent.peering_state import RecordSent
+from agent.store_peering import PublisherCursor
+from agent.wire.envelope import encode_event
+from agent.wire.events import Event, InstanceRemove, InstanceUpsert, instance_key
+from agent.wire.keys import StreamKeyring
+
+log = logging.getLogger("agent.peering")
+
+FEED_BATCH = 5000
+
+
+def wire_view(view: dict[str, ServiceInstance]) -> dict[str, ServiceInstance]:
+    """The exported view keyed as on the wire (``instance/<id>``)."""
+    return {instance_key(key): instance for key, instance in view.items()}
+
+
+def _fingerprint_changes(events: list[Event]) -> dict[str, str | None]:
+    changes: dict[str, str | None] = {}
+    for event in events:
+        if isinstance(event, InstanceUpsert):
+            changes[event.Key] = reducer.fingerprint(event.Instance)
+        elif isinstance(event, InstanceRemove):
+            changes[event.Key] = None
+    return changes
+
+
+class Exporter:
+    """Owns the publisher cursor of one stream while its loop runs."""
+
+    def __init__(self, ctx: PeeringContext, record: PeeringRecord, producer: Any) -> None:
+        assert record.ExportKeyring is not None, "an established peering has keys"
+        self.ctx = ctx
+        self.record = record
+        self.producer = producer
+        self.cursor = ctx.store.load_publisher(record.ID, record.ExportKeyring)
+        self.last_send = 0.0
+
+    async def publish(
+        self,
+        new_state: reducer.PublisherState,
+        events: list[Event],
+        *,
+        feed_seq: int | None = None,
+        keyring: StreamKeyring | None = None,
+        full: bool = False,
+    ) -> None:
+        """Produce ``events`` and move the cursor to ``new_state`` once they are acked."""
+        if not events and feed_seq is None:
+            return
+        store, record = self.ctx.store, self.record
+        next_keyring = self.cursor.keyring if keyring is None else keyring
+        reserved = msgspec.structs.replace(
+            self.cursor,
+            state=reducer.seq_reservation(self.cursor.state, new_state),
+            keyring=next_keyring,
+        )
+        if events:
+            store.save_publisher(record.ID, reserved)
+        offsets = await kafka_client.send_batch(
+            self.producer, record.export_topic, [encode_event(next_keyring, e) for e in events]
+        )
+        acked_end = max([self.cursor.acked_end, *(offset + 1 for offset in offsets)])
+        if full:
+            fingerprints: dict[str, str | None] = {
+                key: None for key in self.cursor.state.Published if key not in new_state.Published
+            }
+            fingerprints.update(new_state.Published)
+        else:
+            fingerprints = _fingerprint_changes(events)
+        self.cursor = PublisherCursor(
+            state=new_state,
+            keyring=next_keyring,
+            feed_seq=self.cursor.feed_seq if feed_seq is None else feed_seq,
+            acked_end=acked_end,
+        )
+        store.save_publisher(record.ID, self.cursor, fingerprints)
+        if events:
+            now = self.ctx.clock()
+            self.last_send = now
+            metrics.KAFKA_CONNECTED.labels(kafka=kafka_label(record.Kafka)).set(1)
+            metrics.LAST_SENT.labels(peer=record.Name).set(now)
+            for event in events:
+                metrics.EVENTS_PUBLISHED.labels(peer=record.Name, type=event_type(event)).inc()
+            self.ctx.tracker.feed(record.Name, RecordSent(now))
+
+    async def start(self) -> None:
+        """Reconcile after (re)start; republish all when the topic lost acked records."""
+        store, record = self.ctx.store, self.record
+        end = await kafka_client.end_offset(record.Kafka, record.export_topic)
+        feed_seq = store.last_exported_seq(record.Name)
+        desired = wire_view(store.exported_view(record.Name))
+        now = self.ctx.clock()
+        if end < self.cursor.acked_end:
+            log.warning(
+                "stream topic lost records (end %d < acked %d): republishing the full view",
+                end, self.cursor.acked_end,
+                extra={"peer": record.Name, "peering_id": record.ID, "event": "republish"},
+            )  # fmt: skip
+            # acked_end restarts from the topic as it is now.
+            self.cursor = msgspec.structs.replace(self.cursor, acked_end=end)
+            state, events = reducer.republish_all(self.cursor.state, desired, now, "topic lost")
+            await self.publish(state, events, feed_seq=feed_seq, full=True)
+        else:
+            state, events = reducer.reconcile(self.cursor.state, desired, now, head_reason="start")
+            await self.publish(state, events, feed_seq=feed_seq, full=True)
+        self.update_gauges(desired)
+
+    def update_gauges(self, desired: dict[str, ServiceInstance] | None = None) -> None:
+        view = desired if desired is not None else self.ctx.store.exported_view(self.record.Name)
+        name = self.record.Name
+        metrics.EXPORTED_INSTANCES.labels(peer=name).set(len(view))
+        metrics.EXPORTED_SERVICES.labels(peer=name).set(len({i.Name for i in view.values()}))
+
+    async def follow_feed(self) -> bool:
+        """Publish pending feed rows; True when there were any."""
+        rows = self.ctx.store.exported_changes(
+            self.record.Name, self.cursor.feed_seq, limit=FEED_BATCH
+        )
+        if not rows:
+            return False
+        now = self.ctx.clock()
+        changes = [(instance_key(r.Key), r.Instance, r.ChangedAt) for r in rows]
+        state, events = reducer.publish_changes(self.cursor.state, changes, now)
+        await self.publish(state, events, feed_seq=rows[-1].Seq)
+        self.update_gauges()
+        return True
+
+    async def republish(self, reason: str) -> None:
+        desired = wire_view(self.ctx.store.exported_view(self.record.Name))
+        state, events = reducer.republish_all(self.cursor.state, desired, self.ctx.clock(), reason)
+        await self.publish(state, events, full=True)
+
+    async def rotate(self) -> None:
+        """Move the stream to a new key epoch, then republish everything under it."""
+        record, now = self.record, self.ctx.clock()
+        state, keyring, event = reducer.rotate(
+            self.cursor.state, self.cursor.keyring, record.PeerPublicKey, now
+        )
+        # The rotation announcement travels under the old epoch; the records after it use the
+        # new one. The keyring with both epochs is persisted before anything is produced.
+        await self.publish(state, [event], keyring=keyring)
+        desired = wire_view(self.ctx.store.exported_view(record.Name))
+        state, events = reducer.republish_all(
+            self.cursor.state, desired, now, "key rotation", retire_epochs_below=state.Epoch
+        )
+        await self.publish(state, events, full=True)
+        metrics.KEY_ROTATIONS.labels(peer=record.Name).inc()
+        log.info(
+            "stream keys rotated",
+            extra={"peer": record.Name, "peering_id": record.ID, "event": "key_rotation",
+                   "epoch": state.Epoch},
+        )  # fmt: skip
+
+    async def heartbeat(self) -> None:
+        state, event = reducer.heartbeat(self.cursor.state, self.ctx.clock())
+        await self.publish(state, [event])
+
+    async def terminate(self, reason: str) -> None:
+        state, event = reducer.terminate(self.cursor.state, self.ctx.clock(), reason)
+        await self.publish(state, [event])
+
+
+def event_type(event: Event) -> str:
+    return str(type(event).__struct_config__.tag)
+
+
+async def run_exporter(ctx: PeeringContext, name: str) -> None:
+    """The exporter loop of peering ``name``; returns only when cancelled."""
+    record = ctx.tracker.get(name)
+    if record is None:
+        return
+    signals = ctx.signals_for(name)
+    async with kafka_client.producer(record.Kafka) as producer:
+        exporter = Exporter(ctx, record, producer)
+        await exporter.start()
+        index = ctx.notifier.index
+        while True:
+            if signals.rotate.is_set():
+                signals.rotate = anyio.Event()
+                await exporter.rotate()
+            if signals.republish.is_set():
+                signals.republish = anyio.Event()
+                await exporter.republish("requested by the peer")
+            while await exporter.follow_feed():
+                pass
+            if ctx.clock() - exporter.last_send >= ctx.heartbeat_interval:
+                await exporter.heartbeat()
+            wait = max(0.0, ctx.heartbeat_interval - (ctx.clock() - exporter.last_send))
+            with anyio.move_on_after(wait):
+                await _first_of(partial(ctx.notifier.wait_beyond, index), signals.woken.wait)
+            if signals.woken.is_set():
+                signals.woken = anyio.Event()
+            index = ctx.notifier.index
+
+
+async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as one of the waits completes; cancel the others."""
+    async with anyio.create_task_group() as group:
+
+        async def until(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            group.cancel_scope.cancel()
+
+        for wait in waits:
+            group.start_soon(until, wait)

@@ -1,0 +1,197 @@
+"""The importer loop of one peering: the peer's records in, imported catalog out.
+
+Each consumer poll is folded by the pure reducer (``reducer.ingest``) and committed with its
+last offset in one SQLite transaction (promise 5), so a crash re-reads at most what was not
+committed and re-applying it changes nothing. A gap (seq jump, offset reset, epoch jump, a
+live-key count that disagrees) rebuilds the peer's imported set from the compacted topic and
+swaps it in atomically (promise 8).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from agent import kafka_client, metrics, reducer
+from agent.model import ServiceInstance
+from agent.peering.context import PeeringContext, kafka_label
+from agent.peering.records import PeeringRecord
+from agent.peering_state import PeerTerminated, RecordReceived
+from agent.store_peering import ImportCursor
+from agent.wire.events import Heartbeat, InstanceRemove, InstanceUpsert
+
+log = logging.getLogger("agent.peering")
+
+_UPSERT = str(InstanceUpsert.__struct_config__.tag)
+_REMOVE = str(InstanceRemove.__struct_config__.tag)
+_HEARTBEAT = str(Heartbeat.__struct_config__.tag)
+
+
+class _Resync(Exception):
+    """Internal: leave the live read and rebuild from the topic."""
+
+    def __init__(self, why: reducer.ResyncRequired) -> None:
+        super().__init__(why.why.value)
+        self.why = why
+
+
+def _store_changes(
+    effects: list[tuple[int, list[reducer.Effect]]], instances: dict[str, ServiceInstance]
+) -> tuple[list[ServiceInstance], list[str]]:
+    """Net changes of one batch: the final instance of each touched key, or its removal."""
+    touched: set[str] = set()
+    for _offset, record_effects in effects:
+        for effect in record_effects:
+            if isinstance(effect, reducer.Upserted | reducer.Removed):
+                touched.add(effect.key)
+    upserts = [instances[k] for k in sorted(touched) if k in instances]
+    removed = [k for k in sorted(touched) if k not in instances]
+    return upserts, removed
+
+
+class Importer:
+    def __init__(self, ctx: PeeringContext, record: PeeringRecord) -> None:
+        assert record.ImportKeyring is not None, "an established peering has keys"
+        self.ctx = ctx
+        self.record = record
+        self.cursor = ctx.store.load_import(record.Name, record.ID, record.ImportKeyring)
+
+    def apply_batch(self, batch: list[kafka_client.Record]) -> bool:
+        """Fold and commit one poll; False when the peer terminated the peering."""
+        ctx, record = self.ctx, self.record
+        now = ctx.clock()
+        ingested = reducer.ingest(
+            [(r.offset, r.key, r.value) for r in batch],
+            self.cursor.keyring,
+            record.PrivateKey,
+            now,
+            self.cursor.state,
+        )
+        resync = next(
+            (
+                e
+                for _, effects in ingested.effects
+                for e in effects
+                if isinstance(e, reducer.ResyncRequired)
+            ),
+            None,
+        )
+        if resync is not None:
+            raise _Resync(resync)
+        upserts, removed = _store_changes(ingested.effects, ingested.state.Instances)
+        self.cursor = ImportCursor(state=ingested.state, keyring=ingested.keyring)
+        ctx.store.commit_import(record.Name, record.ID, self.cursor, upserts, removed)
+        self._observe(ingested, now)
+        return not any(
+            isinstance(e, reducer.PeerTerminated)
+            for _, effects in ingested.effects
+            for e in effects
+        )
+
+    def _observe(self, ingested: reducer.Ingested, now: float) -> None:
+        """Metrics and liveness for a committed batch; state changes go to the tracker."""
+        name = self.record.Name
+        metrics.KAFKA_CONNECTED.labels(kafka=kafka_label(self.record.Kafka)).set(1)
+        heartbeat = False
+        for _offset, effects in ingested.effects:
+            for effect in effects:
+                if isinstance(effect, reducer.Rejected):
+                    metrics.RECORDS_REJECTED.labels(peer=name, reason=effect.reason.value).inc()
+                    log.warning(
+                        "rejected a stream record at offset %d: %s %s",
+                        effect.offset, effect.reason.value, effect.detail,
+                        extra={"peer": name, "peering_id": self.record.ID, "event": "reject"},
+                    )  # fmt: skip
+                elif isinstance(effect, reducer.HeartbeatSeen):
+                    heartbeat = True
+                    metrics.LAST_HEARTBEAT.labels(peer=name).set(now)
+                elif isinstance(effect, reducer.RepublishRequested):
+                    self.ctx.signals_for(name).request_republish()
+                elif isinstance(effect, reducer.PeerTerminated):
+                    self.ctx.tracker.feed(name, PeerTerminated(now, effect.reason))
+        applied = _applied_events(ingested)
+        for event_type, changed_at in applied:
+            metrics.EVENTS_APPLIED.labels(peer=name, type=event_type).inc()
+            if changed_at:
+                metrics.PROPAGATION_DELAY.labels(peer=name).observe(max(0.0, now - changed_at))
+        if applied or heartbeat:
+            metrics.LAST_RECEIVED.labels(peer=name).set(now)
+            self.ctx.tracker.feed(name, RecordReceived(now, heartbeat=heartbeat))
+        self.update_gauges()
+
+    def update_gauges(self) -> None:
+        instances = self.cursor.state.Instances
+        name = self.record.Name
+        metrics.IMPORTED_INSTANCES.labels(peer=name).set(len(instances))
+        metrics.IMPORTED_SERVICES.labels(peer=name).set(len({i.Name for i in instances.values()}))
+
+    async def resync(self, why: reducer.ResyncRequired) -> None:
+        """Rebuild the imported set from the whole topic and swap it in atomically."""
+        record = self.record
+        log.warning(
+            "resync of the imported set: %s %s", why.why.value, why.detail,
+            extra={"peer": record.Name, "peering_id": record.ID, "event": "resync"},
+        )  # fmt: skip
+        metrics.RESYNCS.labels(peer=record.Name, reason=why.why.value).inc()
+        records = [
+            (r.offset, r.key, r.value)
+            async for r in kafka_client.read_partition(record.Kafka, record.import_topic)
+        ]
+        assert record.ImportKeyring is not None
+        # The keyring as last persisted knows every epoch the topic may still hold.
+        state, keyring, rejects = reducer.rebuild(
+            records, self.cursor.keyring, record.PrivateKey, self.ctx.clock()
+        )
+        # Keep LastSeq monotonic: a rebuild never moves the stream backwards.
+        state = msgspec.structs.replace(
+            state,
+            LastSeq=max(state.LastSeq, self.cursor.state.LastSeq),
+            LastOffset=max(state.LastOffset, records[-1][0] if records else -1),
+        )
+        self.cursor = ImportCursor(state=state, keyring=keyring)
+        self.ctx.store.commit_import(
+            record.Name, record.ID, self.cursor, state.Instances.values(), (), replace_all=True
+        )
+        for reject in rejects:
+            if reject.reason.value != "retired_epoch":
+                metrics.RECORDS_REJECTED.labels(peer=record.Name, reason=reject.reason.value).inc()
+        self.update_gauges()
+
+
+def _applied_events(ingested: reducer.Ingested) -> list[tuple[str, float]]:
+    """(event type, changed_at) of each applied event, for metrics."""
+    result: list[tuple[str, float]] = []
+    for _offset, effects in ingested.effects:
+        for effect in effects:
+            if isinstance(effect, reducer.Upserted):
+                result.append((_UPSERT, effect.changed_at))
+            elif isinstance(effect, reducer.Removed):
+                result.append((_REMOVE, effect.changed_at))
+            elif isinstance(effect, reducer.HeartbeatSeen):
+                result.append((_HEARTBEAT, 0.0))
+    return result
+
+
+async def run_importer(ctx: PeeringContext, name: str) -> None:
+    """The importer loop of peering ``name``; returns when the peer terminated it."""
+    record = ctx.tracker.get(name)
+    if record is None:
+        return
+    importer = Importer(ctx, record)
+    importer.update_gauges()
+    while True:
+        try:
+            async for batch in kafka_client.read_batches(
+                record.Kafka,
+                record.import_topic,
+                start_offset=importer.cursor.state.LastOffset + 1,
+                stop_at_end=False,
+                poll_interval=min(0.5, ctx.heartbeat_interval / 2),
+            ):
+                if batch.records and not importer.apply_batch(batch.records):
+                    return
+                lag = max(0, batch.end_offset - (importer.cursor.state.LastOffset + 1))
+                metrics.CONSUMER_LAG.labels(peer=record.Name).set(lag)
+        except _Resync as resync:
+            await importer.resync(resync.why)

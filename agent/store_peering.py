@@ -1,0 +1,257 @@
+"""Peering tables of the agent's SQLite store (part of agent.store; kept apart for size).
+
+- ``peerings``: one JSON document per peering (agent.peering.records.PeeringRecord);
+- ``publisher``: per peering, what the exporter last published (epoch, next seq, feed cursor,
+  end offset acknowledged by the broker, live keyring) and ``published`` fingerprints per key;
+- ``import_cursor``: per peering, the importer's ImportState (without instances, which live
+  in the ``imported`` table) and live keyring.
+
+The importer's apply and its cursor are written in ONE transaction (promise 5): a crash either
+keeps both or neither, so re-reading the same records after a restart changes nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+
+import msgspec
+
+from agent import catalog
+from agent.model import ServiceInstance
+from agent.peering.records import PeeringRecord
+from agent.reducer import ImportState, PublisherState
+from agent.wire.events import INSTANCE_KEY_PREFIX, instance_key
+from agent.wire.keys import StreamKeyring
+
+PEERING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS peerings (
+    name TEXT PRIMARY KEY, peering_id TEXT NOT NULL UNIQUE, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS publisher (
+    peering_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, next_seq INTEGER NOT NULL,
+    feed_seq INTEGER NOT NULL, acked_end INTEGER NOT NULL, keyring BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS published (
+    peering_id TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    PRIMARY KEY (peering_id, key));
+CREATE TABLE IF NOT EXISTS import_cursor (
+    peering_id TEXT PRIMARY KEY, state BLOB NOT NULL, keyring BLOB NOT NULL);
+"""
+
+_encoder = msgspec.json.Encoder()
+_record_decoder = msgspec.json.Decoder(PeeringRecord)
+_keyring_decoder = msgspec.json.Decoder(StreamKeyring)
+_import_state_decoder = msgspec.json.Decoder(ImportState)
+_instance_decoder = msgspec.json.Decoder(ServiceInstance)
+
+
+class PublisherCursor(msgspec.Struct, frozen=True, kw_only=True):
+    """The exporter's persisted position on one stream."""
+
+    state: PublisherState
+    keyring: StreamKeyring
+    # Newest exported-changes feed seq already turned into events.
+    feed_seq: int = 0
+    # Kafka end offset right after our last acknowledged record; an end offset below it on
+    # restart means the topic lost records and the full view must be republished.
+    acked_end: int = 0
+
+
+class ImportCursor(msgspec.Struct, frozen=True, kw_only=True):
+    """The importer's persisted position on one stream, with its instances loaded."""
+
+    state: ImportState
+    keyring: StreamKeyring
+
+
+def _wire_to_local(key: str) -> str:
+    return key.removeprefix(INSTANCE_KEY_PREFIX)
+
+
+class PeeringTables:
+    """Mixin of agent.store.Store: the methods that persist peerings and stream cursors."""
+
+    _write: Callable[..., int]  # Store._write(apply(conn, index, touched), exported=...)
+    _read: Callable[[], AbstractContextManager[sqlite3.Connection]]
+
+    # --- peerings --------------------------------------------------------------------------
+
+    def save_peering(self, record: PeeringRecord) -> PeeringRecord:
+        """Insert or replace a peering; returns it with its new ModifyIndex."""
+        saved: list[PeeringRecord] = []
+
+        def apply(conn: sqlite3.Connection, index: int, _touched: set[str]) -> bool:
+            updated = msgspec.structs.replace(record, ModifyIndex=index)
+            conn.execute(
+                "INSERT OR REPLACE INTO peerings (name, peering_id, body) VALUES (?, ?, ?)",
+                (record.Name, record.ID, _encoder.encode(updated)),
+            )
+            saved.append(updated)
+            return True
+
+        self._write(apply, exported="none")
+        return saved[0]
+
+    def load_peerings(self) -> list[PeeringRecord]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT body FROM peerings ORDER BY name").fetchall()
+        return [_record_decoder.decode(r[0]) for r in rows]
+
+    def forget_peering(self, name: str, peering_id: str) -> None:
+        """Remove a peering with its cursors and everything imported from it."""
+
+        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
+            conn.execute("DELETE FROM peerings WHERE name = ?", (name,))
+            conn.execute("DELETE FROM publisher WHERE peering_id = ?", (peering_id,))
+            conn.execute("DELETE FROM published WHERE peering_id = ?", (peering_id,))
+            conn.execute("DELETE FROM import_cursor WHERE peering_id = ?", (peering_id,))
+            conn.execute("DELETE FROM imported WHERE peer = ?", (name,))
+            conn.execute("DELETE FROM imported_peers WHERE peer = ?", (name,))
+            return True
+
+        self._write(apply, exported="none")
+
+    # --- small counters (bootstrap topic position) ----------------------------------------
+
+    def get_counter(self, key: str) -> int:
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"c:{key}",)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_counter(self, key: str, value: int) -> None:
+        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"c:{key}", value)
+            )
+            return False  # not part of the catalog: the index does not move
+
+        self._write(apply, exported="none")
+
+    # --- exporter --------------------------------------------------------------------------
+
+    def load_publisher(self, peering_id: str, initial_keyring: StreamKeyring) -> PublisherCursor:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT epoch, next_seq, feed_seq, acked_end, keyring FROM publisher"
+                " WHERE peering_id = ?",
+                (peering_id,),
+            ).fetchone()
+            published = dict(
+                conn.execute(
+                    "SELECT key, fingerprint FROM published WHERE peering_id = ?", (peering_id,)
+                ).fetchall()
+            )
+        if row is None:
+            return PublisherCursor(state=PublisherState(), keyring=initial_keyring)
+        state = PublisherState(Epoch=row[0], NextSeq=row[1], Published=published)
+        return PublisherCursor(
+            state=state,
+            keyring=_keyring_decoder.decode(row[4]),
+            feed_seq=row[2],
+            acked_end=row[3],
+        )
+
+    def save_publisher(
+        self,
+        peering_id: str,
+        cursor: PublisherCursor,
+        fingerprints: dict[str, str | None] | None = None,
+    ) -> None:
+        """Persist the cursor; ``fingerprints`` updates (None removes) published keys.
+
+        Called twice per batch: before producing (seq reservation, no fingerprints) and after
+        the broker acknowledged (fingerprints, feed position, acked end offset).
+        """
+        changes = dict(fingerprints or {})
+
+        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
+            conn.execute(
+                "INSERT OR REPLACE INTO publisher"
+                " (peering_id, epoch, next_seq, feed_seq, acked_end, keyring)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    peering_id,
+                    cursor.state.Epoch,
+                    cursor.state.NextSeq,
+                    cursor.feed_seq,
+                    cursor.acked_end,
+                    _encoder.encode(cursor.keyring),
+                ),
+            )
+            conn.executemany(
+                "DELETE FROM published WHERE peering_id = ? AND key = ?",
+                [(peering_id, k) for k, fp in changes.items() if fp is None],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO published (peering_id, key, fingerprint) VALUES (?, ?, ?)",
+                [(peering_id, k, fp) for k, fp in changes.items() if fp is not None],
+            )
+            return False
+
+        self._write(apply, exported="none")
+
+    # --- importer --------------------------------------------------------------------------
+
+    def load_import(
+        self, peer: str, peering_id: str, initial_keyring: StreamKeyring
+    ) -> ImportCursor:
+        """The importer's cursor with the imported instances keyed as on the wire."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT state, keyring FROM import_cursor WHERE peering_id = ?", (peering_id,)
+            ).fetchone()
+            bodies = conn.execute("SELECT body FROM imported WHERE peer = ?", (peer,)).fetchall()
+        instances = {
+            instance_key(inst.ID): inst for inst in (_instance_decoder.decode(b[0]) for b in bodies)
+        }
+        if row is None:
+            return ImportCursor(state=ImportState(Instances=instances), keyring=initial_keyring)
+        state = _import_state_decoder.decode(row[0])
+        return ImportCursor(
+            state=msgspec.structs.replace(state, Instances=instances),
+            keyring=_keyring_decoder.decode(row[1]),
+        )
+
+    def commit_import(
+        self,
+        peer: str,
+        peering_id: str,
+        cursor: ImportCursor,
+        upserts: Iterable[ServiceInstance],
+        removed_keys: Iterable[str],
+        *,
+        replace_all: bool = False,
+    ) -> int:
+        """Apply imported changes and the new cursor in one transaction.
+
+        With ``replace_all`` the peer's imported set becomes exactly ``upserts`` (resync swap).
+        """
+        ups = list(upserts)
+        removed = [_wire_to_local(k) for k in removed_keys]
+        state_body = _encoder.encode(msgspec.structs.replace(cursor.state, Instances={}))
+        keyring_body = _encoder.encode(cursor.keyring)
+
+        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
+            conn.execute(
+                "INSERT OR REPLACE INTO import_cursor (peering_id, state, keyring)"
+                " VALUES (?, ?, ?)",
+                (peering_id, state_body, keyring_body),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO imported_peers (peer, stale) VALUES (?, 0)", (peer,)
+            )
+            changed = False
+            if replace_all:
+                changed = conn.execute("DELETE FROM imported WHERE peer = ?", (peer,)).rowcount > 0
+            for inst in ups:
+                conn.execute(
+                    "INSERT OR REPLACE INTO imported (peer, key, name, body) VALUES (?, ?, ?, ?)",
+                    (peer, catalog.instance_key(inst), inst.Name, _encoder.encode(inst)),
+                )
+                changed = True
+            for key in removed:
+                cur = conn.execute("DELETE FROM imported WHERE peer = ? AND key = ?", (peer, key))
+                changed |= cur.rowcount > 0
+            return changed
+
+        return self._write(apply, exported="none")

@@ -1,0 +1,78 @@
+"""Peering end to end: two real agent processes on a real broker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+from agent.devbroker import DevBroker
+from tests.agent_fixtures import AgentProcess
+from tests.peering_helpers import FAST_ENV, export, imported, peer, register, state, wait_for
+
+AgentFactory = Callable[..., AgentProcess]
+
+
+def _statuses(entries: list[dict[str, object]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for entry in entries:
+        service = entry["Service"]
+        checks = entry["Checks"]
+        assert isinstance(service, dict) and isinstance(checks, list)
+        worst = "passing"
+        for check in checks:
+            if check["Status"] == "critical" or (
+                check["Status"] == "warning" and worst == "passing"
+            ):
+                worst = check["Status"]
+        out[service["ID"]] = worst
+    return out
+
+
+def test_two_agents_share_a_service(kafka: DevBroker, agent_factory: AgentFactory) -> None:
+    """Token, establish, export, health change, deregister, unexport, delete: all propagate."""
+    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
+    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
+    peer(east, west)
+
+    ttl = {"Check": {"CheckID": "", "TTL": "30s", "Status": "passing"}}
+    register(east, "web-1", "web", 8080, **ttl)
+    register(east, "web-2", "web", 8081, **ttl)
+    register(east, "db-1", "db", 5432)
+    export(east, {"web": ["west"]})
+
+    wait_for("both web instances on west", lambda: len(imported(west, "web", "east")) == 2)
+    assert imported(west, "db", "east") == []
+    # Imported entries never mix into the local catalog.
+    assert httpx.get(f"{west.url}/v1/health/service/web", timeout=5).json() == []
+
+    fail = httpx.put(f"{east.url}/v1/agent/check/fail/service:web-1", timeout=5)
+    assert fail.status_code == 200, fail.text
+    wait_for(
+        "web-1 critical on west",
+        lambda: _statuses(imported(west, "web", "east")).get("web-1") == "critical",
+    )
+
+    httpx.put(f"{east.url}/v1/agent/service/deregister/web-2", timeout=5).raise_for_status()
+    wait_for("web-2 gone on west", lambda: len(imported(west, "web", "east")) == 1)
+
+    export(east, {})
+    wait_for("web unexported", lambda: imported(west, "web", "east") == [])
+    export(east, {"web": ["west"]})
+    wait_for("web re-exported", lambda: len(imported(west, "web", "east")) == 1)
+
+    def stream_status() -> dict[str, object]:
+        status: dict[str, object] = httpx.get(f"{west.url}/v1/peering/east", timeout=5).json()[
+            "StreamStatus"
+        ]
+        return status
+
+    # Heartbeats flow when the exporter is idle (records in between count as liveness too).
+    wait_for("a heartbeat on west", lambda: stream_status()["LastHeartbeat"] is not None)
+    assert stream_status()["ImportedServices"] == ["web"]
+
+    deleted = httpx.delete(f"{west.url}/v1/peering/east", timeout=5)
+    assert deleted.status_code == 200, deleted.text
+    wait_for("east TERMINATED", lambda: state(east, "west") == "TERMINATED")
+    assert imported(west, "web", "east") == []
+    wait_for("west forgets the peering", lambda: state(west, "east") is None)
