@@ -10,6 +10,8 @@ from typing import Annotated, NoReturn
 import msgspec
 import typer
 
+from agent import cli_peering, cli_replay
+
 app = typer.Typer(
     name="peering",
     help="Cluster peering for service catalogs, carried over Kafka.",
@@ -254,6 +256,11 @@ def deregister(
         _print_json({"Deregistered": service_id})
     else:
         typer.echo(f"deregistered {service_id}")
+
+
+# Verbs that live in their own modules register themselves here.
+cli_peering.register(app)
+cli_replay.register(app)
 
 
 def main() -> None:
