@@ -59,6 +59,11 @@ class Extension:
 ExtensionFactory = Callable[[Store, IndexNotifier, AgentConfig], Extension]
 
 
+# Structured fields that log calls may pass with ``extra=``; everything else in a record's
+# __dict__ is logging's own bookkeeping. A closed list, so nothing secret slips in by accident.
+LOG_FIELDS = ("peer", "peering_id", "event", "from_state", "to_state", "result", "epoch")
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -67,6 +72,10 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for field in LOG_FIELDS:
+            value = record.__dict__.get(field)
+            if value is not None:
+                doc[field] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return msgspec.json.encode(doc).decode()

@@ -18,7 +18,8 @@ def _statuses(entries: list[dict[str, object]]) -> dict[str, str]:
     for entry in entries:
         service = entry["Service"]
         checks = entry["Checks"]
-        assert isinstance(service, dict) and isinstance(checks, list)
+        assert isinstance(service, dict)
+        assert isinstance(checks, list)
         worst = "passing"
         for check in checks:
             if check["Status"] == "critical" or (

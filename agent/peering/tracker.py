@@ -73,7 +73,11 @@ class PeeringTracker:
         metrics.set_peering_state(record.Name, record.state)
         if previous is None or previous.state is not record.state:
             log.info(
-                "peering state change",
+                "peering %s (%s): %s -> %s",
+                record.Name,
+                record.ID,
+                previous.state.value if previous else "new",
+                record.state.value,
                 extra={
                     "peer": record.Name,
                     "peering_id": record.ID,
@@ -92,7 +96,9 @@ class PeeringTracker:
         self._store.forget_peering(record.Name, record.ID)
         metrics.forget_peering(record.Name)
         log.info(
-            "peering forgotten",
+            "peering %s (%s) forgotten",
+            name,
+            record.ID,
             extra={"peer": name, "peering_id": record.ID, "event": "forgotten"},
         )
         self._signal()
