@@ -135,6 +135,13 @@ def forget_peering(peer: str) -> None:
         _remove(PEERING_STATE, peer, candidate)
     for metric in _PER_PEER:
         _remove(metric, peer)
+    for event_type in _EVENT_TYPES:
+        _remove(EVENTS_PUBLISHED, peer, event_type)
+        _remove(EVENTS_APPLIED, peer, event_type)
+    for labels in list(RECORDS_REJECTED._metrics) + list(RESYNCS._metrics):
+        if labels[0] == peer:
+            _remove(RECORDS_REJECTED, *labels)
+            _remove(RESYNCS, *labels)
     for labels in list(PEERING_INFO._metrics):  # prometheus-client has no remove-by-prefix
         if labels[0] == peer:
             PEERING_INFO.remove(*labels)
@@ -143,3 +150,35 @@ def forget_peering(peer: str) -> None:
 def _remove(metric: Gauge | Counter | Histogram, *labels: str) -> None:
     with contextlib.suppress(KeyError):  # never set for this peer
         metric.remove(*labels)
+
+
+_EVENT_TYPES = (
+    "instance_upsert",
+    "instance_remove",
+    "heartbeat",
+    "key_rotation",
+    "stream_head",
+    "terminated",
+    "resync_request",
+)
+_RESYNC_REASONS = ("seq_gap", "offset_reset", "epoch_jump", "count_mismatch")
+
+
+def init_peer(peer: str, peering_id: str, role: str) -> None:
+    """Create a peering's series at zero, so rates and alerts work from the first scrape
+    (a counter that appears only on its first increment hides that increment from rate())."""
+    from agent.wire.reasons import RejectReason  # the closed set of reject labels
+
+    set_peering_info(peer, peering_id, role)
+    for event_type in _EVENT_TYPES:
+        EVENTS_PUBLISHED.labels(peer=peer, type=event_type)
+        EVENTS_APPLIED.labels(peer=peer, type=event_type)
+    for reason in RejectReason:
+        RECORDS_REJECTED.labels(peer=peer, reason=reason.value)
+    for resync in _RESYNC_REASONS:
+        RESYNCS.labels(peer=peer, reason=resync)
+    KEY_ROTATIONS.labels(peer=peer)
+    PROPAGATION_DELAY.labels(peer=peer)
+    CONSUMER_LAG.labels(peer=peer)
+    for gauge in (EXPORTED_SERVICES, EXPORTED_INSTANCES, IMPORTED_SERVICES, IMPORTED_INSTANCES):
+        gauge.labels(peer=peer)

@@ -23,6 +23,7 @@ from agent.reducer import (
     fingerprint,
     heartbeat,
     ingest,
+    publish_changes,
     rebuild,
     reconcile,
     replay,
@@ -86,7 +87,7 @@ def test_upserts_and_removes_reach_the_imported_set() -> None:
     topic.publish(events)
     state, effects = run_live(ImportState(), topic)
     assert state.Instances == view(2, 3)
-    assert Removed(instance_key("web-1")) in effects
+    assert Removed(instance_key("web-1"), changed_at=NOW) in effects
     assert state.LastSeq == pub.NextSeq - 1
     assert state.LastOffset == len(topic.records) - 1
 
@@ -320,10 +321,10 @@ def test_fingerprint_ignores_meta_order() -> None:
 
 
 def test_upserted_effects_carry_instances() -> None:
-    """Upserted effects name the key and the instance."""
+    """Upserted effects name the key, the instance and when the exporter saw the change."""
     _, events = reconcile(PublisherState(), view(1), NOW)
     _, effects = apply(ImportState(), 0, events[0], NOW)
-    assert effects == [Upserted(instance_key("web-1"), inst(1))]
+    assert effects == [Upserted(instance_key("web-1"), inst(1), changed_at=NOW)]
 
 
 def test_crash_between_reserve_and_ack_loses_no_change() -> None:
@@ -376,3 +377,26 @@ def test_ingest_in_batches_equals_record_by_record_apply() -> None:
     assert state.Instances == expected.Instances == view(5)
     assert state.LastOffset == expected.LastOffset
     assert state.LastSeq == expected.LastSeq
+
+
+def test_publish_changes_coalesces_bursts_and_skips_no_ops() -> None:
+    """A burst on one key sends its last value once; an unchanged instance sends nothing."""
+    pub, _ = reconcile(PublisherState(), view(1), NOW)
+    key1, key2 = instance_key("web-1"), instance_key("web-2")
+    changes = [
+        (key2, inst(2), NOW + 1),
+        (key2, msgspec.structs.replace(inst(2), Port=9), NOW + 2),
+        (key1, inst(1), NOW + 3),  # what was already published: no event
+    ]
+    after, events = publish_changes(pub, changes, NOW + 4)
+    assert len(events) == 1
+    assert isinstance(events[0], InstanceUpsert)
+    assert events[0].Instance.Port == 9
+    assert events[0].ChangedAt == NOW + 2
+    assert events[0].Seq == pub.NextSeq
+    removed, events = publish_changes(after, [(key2, None, NOW + 5), (key2, None, NOW + 6)], NOW)
+    assert [type(e) for e in events] == [InstanceRemove]
+    assert key2 not in removed.Published
+    # Removing a key that was never published sends nothing.
+    _, events = publish_changes(removed, [(instance_key("ghost"), None, NOW)], NOW)
+    assert events == []

@@ -37,6 +37,7 @@ class PeeringTracker:
         # Moves on every change, so a waiter cannot miss one that happened before it waited.
         self.version = 0
         for record in self._records.values():
+            metrics.init_peer(record.Name, record.ID, record.role.value)
             metrics.set_peering_state(record.Name, record.state)
 
     # --- reading ---------------------------------------------------------------------------
@@ -70,6 +71,8 @@ class PeeringTracker:
         previous = self._records.get(record.Name)
         record = self._store.save_peering(record)
         self._records[record.Name] = record
+        if previous is None:
+            metrics.init_peer(record.Name, record.ID, record.role.value)
         metrics.set_peering_state(record.Name, record.state)
         if previous is None or previous.state is not record.state:
             log.info(
