@@ -17,6 +17,8 @@ from agent.catalog import ExportedServicesEntry
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8500"
 ENV_HTTP_ADDR = "PEERING_HTTP_ADDR"
+# The agent bounds establish by its establish_timeout (<= 600 s); wait a little longer.
+ESTABLISH_TIMEOUT = httpx.Timeout(10.0, read=630.0)
 
 
 class ClientError(Exception):
@@ -102,3 +104,45 @@ class AgentClient:
     def exported_services(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.get_json("/v1/exported-services")
         return result
+
+    # --- peering verbs ---
+
+    def post_json(self, path: str, body: Any = None, timeout: httpx.Timeout | None = None) -> Any:
+        content = msgspec.json.encode(body) if body is not None else b""
+        kwargs: dict[str, Any] = {"content": content}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        response = self._ok(self._request("POST", path, **kwargs))
+        if not response.content.strip():
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ClientError(f"agent sent invalid JSON for {path}") from None
+
+    def generate_token(self, peer: str, meta: dict[str, str]) -> str:
+        result = self.post_json("/v1/peering/token", {"PeerName": peer, "Meta": meta})
+        token = result.get("PeeringToken") if isinstance(result, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ClientError("agent answered without a PeeringToken")
+        return token
+
+    def establish(self, peer: str, token: str, meta: dict[str, str]) -> None:
+        """Returns once the acceptor accepted; the agent answers within its own
+        ``establish_timeout`` (at most 600 s), so the read timeout only guards a hung agent."""
+        body = {"PeerName": peer, "PeeringToken": token, "Meta": meta}
+        self.post_json("/v1/peering/establish", body, timeout=ESTABLISH_TIMEOUT)
+
+    def peerings(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.get_json("/v1/peerings")
+        return result
+
+    def peering(self, peer: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get_json(f"/v1/peering/{peer}")
+        return result
+
+    def delete_peering(self, peer: str) -> None:
+        self._ok(self._request("DELETE", f"/v1/peering/{peer}"))
+
+    def rotate_keys(self, peer: str) -> None:
+        self.post_json(f"/v1/peering/{peer}/rotate-keys")

@@ -8,13 +8,19 @@ Errors are plain-text bodies with a 4xx code, as Consul answers them.
 Peering routes are not built here: ``create_app(..., extra_routes=[...])`` mounts the routes
 the peering module builds (full-path ``Route`` objects, so metrics keep their templates), and
 they may reuse ``ApiError``, ``read_json`` and ``json_response`` from this module.
+
+``/peer/<name>/v1/...`` is an alias of ``/v1/...?peer=<name>`` for the read endpoints Consul
+service discovery uses (PeerPrefixMiddleware), so Prometheus' ``consul_sd_configs`` with
+``path_prefix: /peer/<name>`` discovers the services imported from that peer.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import quote, unquote_plus
 
 import anyio
 import anyio.to_thread
@@ -234,6 +240,84 @@ class MetricsMiddleware:
             method = scope.get("method", "?")
             metrics.HTTP_REQUESTS.labels(template, method, str(status)).inc()
             metrics.HTTP_DURATION.labels(template, method).observe(time.perf_counter() - started)
+
+
+# --- /peer/<name>/... : a peer's imported catalog under a path prefix -----------------------
+
+PEER_PREFIX = "/peer/"
+# The read endpoints Consul service discovery (Prometheus' consul_sd_configs with
+# ``path_prefix``) and Consul clients use; each is served as ``/v1/...?peer=<name>``.
+_PEER_READS = re.compile(
+    r"/v1/(?:agent/self|status/leader|catalog/services|(?:catalog|health)/service/[^/]+)"
+)
+_READ_METHODS = ("GET", "HEAD")
+
+
+def peer_prefix_rewrite(path: str, method: str, query: bytes) -> tuple[str, str, bytes]:
+    """``/peer/<name>/v1/...`` -> (peer, ``/v1/...``, query with ``peer=<name>``).
+
+    Pure, so the routing rules are testable without a server. Raises ApiError: 404 for a
+    path outside the aliased read endpoints, 405 for any write, 400 for an invalid peer name
+    (the same message as ``?peer=``) or a ``?peer=`` that names another peer. An unknown but
+    valid peer behaves exactly as ``?peer=`` does: an empty imported catalog.
+    """
+    name, slash, rest = path[len(PEER_PREFIX) :].partition("/")
+    if not name or not slash:
+        raise ApiError(404, f"no such endpoint: {method} {path}")
+    if method not in _READ_METHODS:
+        raise ApiError(405, f"method {method} not allowed on {path}: peer paths are read-only")
+    try:
+        peer = validate_peer_name(name)
+    except InvalidName as exc:
+        raise ApiError(400, str(exc)) from None
+    target = "/" + rest
+    if not _PEER_READS.fullmatch(target):
+        raise ApiError(404, f"no such endpoint: {method} {path}")
+    parts: list[bytes] = []
+    for part in query.split(b"&") if query else []:
+        key, _, value = part.partition(b"=")
+        if unquote_plus(key.decode("latin-1")) != "peer":
+            parts.append(part)
+            continue
+        given = unquote_plus(value.decode("latin-1"))
+        if given not in ("", peer):
+            raise ApiError(400, f"conflicting peer: the path names {peer!r}, ?peer= {given!r}")
+    parts.append(b"peer=" + quote(peer).encode("ascii"))
+    return peer, target, b"&".join(parts)
+
+
+class PeerPrefixMiddleware:
+    """Serves ``/peer/<name>/v1/...`` as ``/v1/...?peer=<name>`` for the read endpoints.
+
+    Rewrites the scope in place before routing, so the handlers (blocking queries included)
+    are the very same and metrics count the request under the route's own template.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PEER_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        try:
+            peer, path, query = peer_prefix_rewrite(
+                scope["path"], scope["method"], scope.get("query_string", b"")
+            )
+        except ApiError as exc:
+            headers = {"Allow": ", ".join(_READ_METHODS)} if exc.status == 405 else None
+            response = PlainTextResponse(exc.message + "\n", exc.status, headers=headers)
+            await response(scope, receive, send)
+            return
+        raw_prefix = f"{PEER_PREFIX}{peer}".encode("ascii")
+        raw_path: bytes | None = scope.get("raw_path")
+        if raw_path is not None and raw_path.startswith(raw_prefix + b"/"):
+            scope["raw_path"] = raw_path[len(raw_prefix) :]
+        else:
+            scope["raw_path"] = quote(path).encode("ascii")
+        scope["path"] = path
+        scope["query_string"] = query
+        await self.app(scope, receive, send)
 
 
 class Api:
@@ -584,5 +668,7 @@ def create_app(
         routes=[*api.routes(), *extra_routes],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
+    # Added first, so it runs inside MetricsMiddleware (the last added is the outermost).
+    app.add_middleware(PeerPrefixMiddleware)
     app.add_middleware(MetricsMiddleware)
     return app
