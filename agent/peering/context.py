@@ -26,10 +26,17 @@ class PeeringSignals:
 
     republish: anyio.Event = dataclasses.field(default_factory=anyio.Event)
     rotate: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    # Our importer could not repair the stream it reads from the topic: ask the peer (with a
+    # ResyncRequest on the stream we export) to republish its full view.
+    ask_peer_republish: anyio.Event = dataclasses.field(default_factory=anyio.Event)
     woken: anyio.Event = dataclasses.field(default_factory=anyio.Event)
 
     def request_republish(self) -> None:
         self.republish.set()
+        self.woken.set()
+
+    def request_peer_republish(self) -> None:
+        self.ask_peer_republish.set()
         self.woken.set()
 
     def request_rotation(self) -> None:

@@ -175,6 +175,11 @@ class Exporter:
                    "epoch": state.Epoch},
         )  # fmt: skip
 
+    async def request_resync(self, reason: str) -> None:
+        """Ask the peer to republish the stream we import (sent on the stream we export)."""
+        state, event = reducer.request_resync(self.cursor.state, self.ctx.clock(), reason)
+        await self.publish(state, [event])
+
     async def heartbeat(self) -> None:
         state, event = reducer.heartbeat(self.cursor.state, self.ctx.clock())
         await self.publish(state, [event])
@@ -205,6 +210,9 @@ async def run_exporter(ctx: PeeringContext, name: str) -> None:
             if signals.republish.is_set():
                 signals.republish = anyio.Event()
                 await exporter.republish("requested by the peer")
+            if signals.ask_peer_republish.is_set():
+                signals.ask_peer_republish = anyio.Event()
+                await exporter.request_resync("rebuilt imported set disagrees with the peer")
             while await exporter.follow_feed():
                 pass
             if ctx.clock() - exporter.last_send >= ctx.heartbeat_interval:

@@ -28,6 +28,11 @@ _REMOVE = str(InstanceRemove.__struct_config__.tag)
 _HEARTBEAT = str(Heartbeat.__struct_config__.tag)
 
 
+# A rebuild that still disagrees with the peer asks it to republish, at most this often
+# (the mismatch is seen again on every heartbeat until the republish arrives).
+REPUBLISH_REQUEST_INTERVAL = 2.0
+
+
 class _Resync(Exception):
     """Internal: leave the live read and rebuild from the topic."""
 
@@ -56,6 +61,7 @@ class Importer:
         self.ctx = ctx
         self.record = record
         self.cursor = ctx.store.load_import(record.Name, record.ID, record.ImportKeyring)
+        self.last_republish_request = float("-inf")
 
     def apply_batch(self, batch: list[kafka_client.Record]) -> bool:
         """Fold and commit one poll; False when the peer terminated the peering."""
@@ -143,11 +149,13 @@ class Importer:
         state, keyring, rejects = reducer.rebuild(
             records, self.cursor.keyring, record.PrivateKey, self.ctx.clock()
         )
-        # Keep LastSeq monotonic: a rebuild never moves the stream backwards.
+        # Keep LastSeq monotonic: a rebuild never moves the stream backwards. The offset is
+        # where the topic is now: after a recreation the old position is meaningless, and
+        # keeping it would skip (or resync on) every new record below it.
         state = msgspec.structs.replace(
             state,
             LastSeq=max(state.LastSeq, self.cursor.state.LastSeq),
-            LastOffset=max(state.LastOffset, records[-1][0] if records else -1),
+            LastOffset=records[-1][0] if records else -1,
         )
         self.cursor = ImportCursor(state=state, keyring=keyring)
         self.ctx.store.commit_import(
@@ -157,6 +165,18 @@ class Importer:
             if reject.reason.value != "retired_epoch":
                 metrics.RECORDS_REJECTED.labels(peer=record.Name, reason=reject.reason.value).inc()
         self.update_gauges()
+        if state.PeerLiveKeys >= 0 and len(state.Instances) != state.PeerLiveKeys:
+            # The topic alone cannot repair it (records lost, topic recreated, a forged
+            # tombstone compacted a key away): ask the peer to republish everything.
+            now = self.ctx.clock()
+            if now - self.last_republish_request >= REPUBLISH_REQUEST_INTERVAL:
+                self.last_republish_request = now
+                log.warning(
+                    "rebuilt %d instances but the peer has %d: asking it to republish",
+                    len(state.Instances), state.PeerLiveKeys,
+                    extra={"peer": record.Name, "peering_id": record.ID, "event": "resync"},
+                )  # fmt: skip
+                self.ctx.signals_for(record.Name).request_peer_republish()
 
 
 def _applied_events(ingested: reducer.Ingested) -> list[tuple[str, float]]:
