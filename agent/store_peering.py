@@ -81,7 +81,9 @@ class PeeringTables:
         saved: list[PeeringRecord] = []
 
         def apply(conn: sqlite3.Connection, index: int, _touched: set[str]) -> bool:
-            updated = msgspec.structs.replace(record, ModifyIndex=index)
+            updated = msgspec.structs.replace(
+                record, CreateIndex=record.CreateIndex or index, ModifyIndex=index
+            )
             conn.execute(
                 "INSERT OR REPLACE INTO peerings (name, peering_id, body) VALUES (?, ?, ?)",
                 (record.Name, record.ID, _encoder.encode(updated)),

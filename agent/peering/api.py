@@ -96,7 +96,7 @@ def peering_view(record: PeeringRecord, store: Store, now: float) -> PeeringView
         ),
         Remote=RemoteView(Datacenter=record.PeerCluster),
         ImportsStale=current.ImportsStale,
-        CreateIndex=record.ModifyIndex,
+        CreateIndex=record.CreateIndex,
         ModifyIndex=record.ModifyIndex,
     )
 

@@ -41,6 +41,7 @@ class PeeringRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # Tokens replaced by a newer one, kept so that their use is refused as "revoked" rather
     # than "unknown" (the last few only).
     RevokedTokens: tuple[TokenRecord, ...] = ()
+    CreateIndex: int = 0
     ModifyIndex: int = 0
 
     @property
