@@ -36,39 +36,13 @@ from agent.store import DB_FILE, Store, StoreError
 # --- keys from the agent's data dir -----------------------------------------------------------
 
 
-class ReadOnlyStore(Store):
-    """The agent's Store on a ``mode=ro`` SQLite connection: the read methods work, any
-    write fails in SQLite ("attempt to write a readonly database") or here.
-
-    Skips Store.__init__, which creates the schema (a write). TODO(store owner): a
-    ``Store.open_readonly`` in agent/store.py would keep SQLite in one module.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._on_change = None
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
-        self._conn = self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-
-    def _write(self, *args: object, **kwargs: object) -> int:
-        raise StoreError("replay opened the agent's state read-only")
-
-
-def open_data_dir(data_dir: Path) -> ReadOnlyStore:
-    path = data_dir / DB_FILE
-    if not path.is_file():
-        raise ReplayError(f"no agent state in {data_dir} ({DB_FILE} not found)")
+def open_data_dir(data_dir: Path) -> Store:
     try:
-        return ReadOnlyStore(path)
+        return Store.open_readonly(data_dir)
+    except StoreError as exc:
+        raise ReplayError(str(exc)) from None
     except sqlite3.Error as exc:
-        raise ReplayError(f"cannot open {path} read-only: {exc}") from None
+        raise ReplayError(f"cannot open {data_dir / DB_FILE} read-only: {exc}") from None
 
 
 def find_peering(store: Store, peer: str) -> PeeringRecord:

@@ -156,14 +156,23 @@ class IndexNotifier:
 class Store(PeeringTables):
     """Synchronous, thread-safe access to the agent's SQLite database."""
 
-    def __init__(self, path: Path, on_change: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        on_change: Callable[[int], None] | None = None,
+        *,
+        readonly: bool = False,
+    ) -> None:
         self.path = path
+        self.readonly = readonly
         self._on_change = on_change
         self._lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._conn = self._connect()
+        if readonly:
+            return  # creating the schema is a write: a read-only store takes it as it is
         with self._lock:
             self._conn.executescript(_SCHEMA)
             self._conn.executescript(PEERING_SCHEMA)
@@ -175,11 +184,23 @@ class Store(PeeringTables):
         data_dir.mkdir(parents=True, exist_ok=True)
         return cls(data_dir / DB_FILE, on_change)
 
+    @classmethod
+    def open_readonly(cls, data_dir: Path) -> Store:
+        """Open an existing database so that SQLite itself refuses every write (replay and
+        other debugging tools read a running agent's state this way, beside the agent)."""
+        path = data_dir / DB_FILE
+        if not path.is_file():
+            raise StoreError(f"no agent state in {data_dir} ({DB_FILE} not found)")
+        return cls(path, readonly=True)
+
     def set_on_change(self, on_change: Callable[[int], None] | None) -> None:
         """Install the callback run after each commit that moved the index."""
         self._on_change = on_change
 
     def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so a write is one transaction.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -228,6 +249,8 @@ class Store(PeeringTables):
         the service names ``apply`` added to ``touched`` (or of every service, for config
         changes) is then recomputed and its diff appended to the feed in the same transaction.
         """
+        if self.readonly:
+            raise StoreError("this store was opened read-only")
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
@@ -457,6 +480,8 @@ class Store(PeeringTables):
         The newest row is always kept so ``last_exported_seq`` never goes backwards.
         Returns the number of rows removed; the catalog index does not move.
         """
+        if self.readonly:
+            raise StoreError("this store was opened read-only")
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
