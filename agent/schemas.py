@@ -1,4 +1,4 @@
-"""JSON Schema for every wire type, generated from the msgspec Structs (the single source).
+"""JSON Schema for every wire and file type, generated from the msgspec Structs (the single source).
 
 ``python -m agent.schemas`` rewrites ``schemas/*.json``; ``--check`` exits 1 when the files
 are stale (tests/test_schemas.py does the same). Byte fields show as base64 strings: that is
@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from agent.config import AgentConfig
+from agent.replay import DumpHeader, KeyFile, RawRecord
 from agent.wire.envelope import Envelope
 from agent.wire.events import Event
 from agent.wire.handshake import (
@@ -50,6 +52,22 @@ WIRE_TYPES: dict[str, tuple[Any, str]] = {
     "stream_event": (
         Event,
         "Plaintext of a stream envelope (MessagePack): a tagged union on 'Type'.",
+    ),
+    "dump_header": (
+        DumpHeader,
+        "First line of a `peering dump` file (JSON lines): format, topic, peering, direction.",
+    ),
+    "dump_record": (
+        RawRecord,
+        "Every further line of a `peering dump` file: one raw Kafka record, bytes as base64.",
+    ),
+    "key_file": (
+        KeyFile,
+        "`peering export-keys` output: a peering's stream keys for offline replay (secret).",
+    ),
+    "agent_config": (
+        AgentConfig,
+        "The agent's TOML config file (`peering agent --config`), one key per field.",
     ),
 }
 
