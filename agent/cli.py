@@ -37,11 +37,15 @@ def dev_broker(
 @app.command()
 def demo(
     keep: Annotated[bool, typer.Option(help="leave everything running at the end")] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="new or empty dir for all state (default: a temp dir)"),
+    ] = None,
 ) -> None:
-    """Start a local broker and show a record going through it."""
+    """Three clusters on two local Kafkas: peer, export, fail a check, replay; then stop."""
     from agent.demo import run_demo
 
-    raise typer.Exit(run_demo(keep=keep))
+    raise typer.Exit(run_demo(keep=keep, data_dir=data_dir))
 
 
 class OutputFormat(enum.StrEnum):
