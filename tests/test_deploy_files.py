@@ -41,12 +41,9 @@ EXPECTED_SERVICES = {
     "prometheus",
     "grafana",
 }
-# Verbs announced in DESIGN.md that the lead is adding to the CLI. `setup` may use them before
-# they land; once a verb exists in agent.cli its command lines are parsed strictly like the rest.
-PLANNED_VERBS = frozenset({"generate-token", "establish", "list", "read", "delete", "replay"})
 # Per Kafka cluster TLS/SASL keys (tables [kafka_security] and [[kafka_clusters]]).
-PLANNED_KAFKA_TABLES = ("[kafka_security]", "[[kafka_clusters]]")
-PLANNED_KAFKA_KEYS = (
+KAFKA_TABLES = ("[kafka_security]", "[[kafka_clusters]]")
+KAFKA_KEYS = (
     "security_protocol",
     "sasl_mechanism",
     "sasl_username",
@@ -56,10 +53,8 @@ PLANNED_KAFKA_KEYS = (
     "ssl_keyfile",
 )
 REQUIRED_FIELDS = ("name", "kafka")
-# Config keys announced but possibly not accepted by the loader yet: the examples show them
-# commented out. Tables are documented by their header line rather than a `key = value` line.
-PLANNED_TABLE_FIELDS = frozenset({"kafka_security", "kafka_clusters"})
-PLANNED_FIELDS = PLANNED_TABLE_FIELDS | {"establish_timeout", "token_ttl", "delete_grace"}
+# Tables are documented by their header line rather than a `key = value` line.
+TABLE_FIELDS = frozenset({"kafka_security", "kafka_clusters"})
 HARDENING = {
     "DynamicUser": "yes",
     "StateDirectory": "peering-agent",
@@ -230,7 +225,7 @@ def test_agents_dial_a_kafka_listener_advertised_in_compose() -> None:
 
 
 def test_setup_uses_only_cli_verbs() -> None:
-    """`setup` calls existing verbs with flags the CLI accepts (planned verbs are allowed)."""
+    """`setup` calls only existing verbs, with flags the CLI accepts."""
     commands = _setup_commands()
     assert commands, "no peering command found in the setup script"
     present = set(_cli().commands)
@@ -238,12 +233,8 @@ def test_setup_uses_only_cli_verbs() -> None:
     for argv in commands:
         verb = argv[0]
         used.add(verb)
-        if verb in present:
-            ctx = _parse(argv)
-            http_addr = ctx.params["http_addr"]
-        else:
-            assert verb in PLANNED_VERBS, f"setup uses unknown verb {verb!r}"
-            http_addr = argv[argv.index("--http-addr") + 1]
+        assert verb in present, f"setup uses unknown verb {verb!r}"
+        http_addr = _parse(argv).params["http_addr"]
         assert http_addr.rsplit(":", 1)[0] in AGENTS, f"{argv}: not one of the agents"
     assert {"register", "export", "generate-token", "establish"} <= used
     assert set(_services()["setup"]["depends_on"]) == set(AGENTS)
@@ -331,7 +322,7 @@ def test_systemd_exec_start_parses_with_the_cli() -> None:
 
 
 def test_example_configs_load() -> None:
-    """Both example configs load with the real loader (planned keys are commented out)."""
+    """Both example configs load with the real loader."""
     for path in (EXAMPLE_CONFIG, TLS_SASL_EXAMPLE):
         cfg = load_config(path, env={})
         assert cfg.name == "east", path
@@ -355,7 +346,7 @@ def test_example_config_documents_every_field() -> None:
             f"{field} is not documented in {EXAMPLE_CONFIG.name}"
         )
         default = getattr(defaults, field)
-        if field in REQUIRED_FIELDS or field in PLANNED_TABLE_FIELDS or default is None:
+        if field in REQUIRED_FIELDS or field in TABLE_FIELDS or default is None:
             continue
         if field in set_keys:
             assert getattr(loaded, field) == default, f"{field}: the example is not the default"
@@ -364,24 +355,23 @@ def test_example_config_documents_every_field() -> None:
 
 
 def test_uncommenting_the_examples_gives_valid_configs(tmp_path: Path) -> None:
-    """Enabling every commented option still loads, or names only announced planned keys."""
+    """Enabling every commented option still gives a valid config."""
     for path in (EXAMPLE_CONFIG, TLS_SASL_EXAMPLE):
         full = _uncommented(path.read_text(encoding="utf-8"))
         unknown = set(tomllib.loads(full)) - set(AgentConfig.__struct_fields__)
-        assert unknown <= PLANNED_FIELDS, f"{path.name}: unknown keys {sorted(unknown)}"
-        if not unknown:
-            target = tmp_path / path.name
-            target.write_text(full, encoding="utf-8")
-            load_config(target, env={})
+        assert not unknown, f"{path.name}: unknown keys {sorted(unknown)}"
+        target = tmp_path / path.name
+        target.write_text(full, encoding="utf-8")
+        load_config(target, env={})
 
 
 def test_examples_show_the_kafka_security_keys() -> None:
     """Both examples show the TLS/SASL tables and every key of them; SASL_SSL + SCRAM-SHA-512."""
     for path in (EXAMPLE_CONFIG, TLS_SASL_EXAMPLE):
         text = path.read_text(encoding="utf-8")
-        for table in PLANNED_KAFKA_TABLES:
+        for table in KAFKA_TABLES:
             assert re.search(rf"^(# )?{re.escape(table)}$", text, re.MULTILINE), path.name
-        for key in (*PLANNED_KAFKA_KEYS, "bootstrap"):
+        for key in (*KAFKA_KEYS, "bootstrap"):
             assert re.search(rf"^(# )?{key} = ", text, re.MULTILINE), f"{path.name}: {key}"
     tls = tomllib.loads(_uncommented(TLS_SASL_EXAMPLE.read_text(encoding="utf-8")))
     for security in (tls["kafka_security"], *tls["kafka_clusters"]):
