@@ -104,7 +104,10 @@ def _bind(config: AgentConfig) -> socket.socket:
     # Binding ourselves turns "address in use" into a clear error instead of uvicorn's exit().
     host, port = config.http_host, config.http_port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets whose proto is
+    # TCP, and accepted sockets inherit it. Without it, uvicorn's separate header and body
+    # writes meet Nagle + the client's delayed ACK: every answer took ~40 ms more.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
