@@ -241,9 +241,19 @@ class Store(PeeringTables):
         *,
         exported: Literal["none", "touched", "all"],
         now: float | None = None,
+        durable: bool = True,
     ) -> int:
         """Run ``apply(conn, next_index, touched)`` in one transaction; bump the index if it
         changed.
+
+        ``durable=False`` commits without the fsync of ``synchronous=FULL`` (WAL with
+        ``synchronous=NORMAL``): still atomic, and it survives a crash of the process, but
+        a power loss may roll back the newest such transactions (whole, and only together
+        with everything committed after them: the WAL is replayed in order). Only for state
+        re-derived after such a loss and never acknowledged to anyone: the importer's
+        cursor with its applied records (re-read from the topic at the older offset) and the
+        publisher's post-acknowledgement bookkeeping (reconciled on restart). The next
+        durable commit syncs these frames too.
 
         ``exported`` says whether the write may change what peers see: the exported view of
         the service names ``apply`` added to ``touched`` (or of every service, for config
@@ -253,6 +263,8 @@ class Store(PeeringTables):
             raise StoreError("this store was opened read-only")
         with self._lock:
             conn = self._conn
+            if not durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 index = _get_index(conn)
@@ -268,6 +280,9 @@ class Store(PeeringTables):
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous=FULL")
         if changed and self._on_change is not None:
             self._on_change(index)
         return index

@@ -158,11 +158,16 @@ class PeeringTables:
         peering_id: str,
         cursor: PublisherCursor,
         fingerprints: dict[str, str | None] | None = None,
+        *,
+        durable: bool = True,
     ) -> None:
         """Persist the cursor; ``fingerprints`` updates (None removes) published keys.
 
-        Called twice per batch: before producing (seq reservation, no fingerprints) and after
-        the broker acknowledged (fingerprints, feed position, acked end offset).
+        Called twice per batch: before producing (seq reservation, no fingerprints; always
+        durable: a Seq must never be reused after a power loss) and after the broker
+        acknowledged (fingerprints, feed position, acked end offset; ``durable=False`` is
+        safe there, see Store._write: losing it rolls back to the reservation, which keeps
+        NextSeq, and the restart reconcile republishes what the lost fingerprints miss).
         """
         changes = dict(fingerprints or {})
 
@@ -190,7 +195,7 @@ class PeeringTables:
             )
             return False
 
-        self._write(apply, exported="none")
+        self._write(apply, exported="none", durable=durable)
 
     # --- importer --------------------------------------------------------------------------
 
@@ -227,6 +232,8 @@ class PeeringTables:
         """Apply imported changes and the new cursor in one transaction.
 
         With ``replace_all`` the peer's imported set becomes exactly ``upserts`` (resync swap).
+        Not fsync'd (``durable=False``): a power loss rolls back the records and the offset
+        together, and the importer reads them again from the topic (see Store._write).
         """
         ups = list(upserts)
         removed = [_wire_to_local(k) for k in removed_keys]
@@ -256,4 +263,4 @@ class PeeringTables:
                 changed |= cur.rowcount > 0
             return changed
 
-        return self._write(apply, exported="none")
+        return self._write(apply, exported="none", durable=False)

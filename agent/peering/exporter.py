@@ -97,7 +97,8 @@ class Exporter:
             feed_seq=self.cursor.feed_seq if feed_seq is None else feed_seq,
             acked_end=acked_end,
         )
-        store.save_publisher(record.ID, self.cursor, fingerprints)
+        # Not fsync'd: a power loss rolls back to the (durable) reservation; see save_publisher.
+        store.save_publisher(record.ID, self.cursor, fingerprints, durable=False)
         if events:
             now = self.ctx.clock()
             self.last_send = now
