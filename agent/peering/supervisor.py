@@ -17,8 +17,8 @@ import logging
 import anyio
 import anyio.abc
 
-from agent import kafka_client, topics
-from agent.peering.context import PeeringContext, retry_forever
+from agent import kafka_client, metrics, topics
+from agent.peering.context import PeeringContext, kafka_label, retry_forever
 from agent.peering.exporter import Exporter, run_exporter
 from agent.peering.handshake_io import serve_bootstrap
 from agent.peering.importer import run_importer
@@ -59,6 +59,18 @@ async def _tick_forever(ctx: PeeringContext, name: str) -> None:
                 return
 
 
+async def _watch_kafka(ctx: PeeringContext, record: PeeringRecord) -> None:
+    """Probe the peering's Kafka every 3 heartbeat intervals (at least 1 s) for the
+    ``peering_kafka_connected`` gauge: aiokafka's clients retry an unreachable broker inside
+    ``getmany``/``send`` without raising, so the loops alone never notice an outage."""
+    period = max(1.0, 3 * ctx.heartbeat_interval)
+    gauge = metrics.KAFKA_CONNECTED.labels(kafka=kafka_label(record.Kafka))
+    while True:
+        await anyio.sleep(period)
+        info = await kafka_client.probe(record.Kafka, request_timeout=min(period, 5.0))
+        gauge.set(0 if info is None else 1)
+
+
 async def run_streams(ctx: PeeringContext, name: str) -> None:
     record = ctx.tracker.get(name)
     if record is None:
@@ -71,6 +83,7 @@ async def run_streams(ctx: PeeringContext, name: str) -> None:
             retry_forever, f"importer {name}", record.Kafka, lambda: run_importer(ctx, name)
         )
         group.start_soon(_tick_forever, ctx, name)
+        group.start_soon(_watch_kafka, ctx, record)
 
 
 async def run_deleter(ctx: PeeringContext, name: str) -> None:
