@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 KAFKA_CACHE := .cache/kafka
 
-.PHONY: test demo lint typecheck pytest kafka prometheus clean
+.PHONY: test demo lint typecheck pytest kafka prometheus consul-sd-check clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(KAFKA_CACHE)/current: ops/kafka/pom.xml ops/kafka/fetch.sh
 
 kafka: $(KAFKA_CACHE)/current
 
+# Prometheus' own Consul SD code as a command (Debian's prometheus is built without it), for
+# tests/test_consul_sd.py; built from the Go module proxy only when outdated.
+consul-sd-check:
+	ops/prometheus/consul-sd-check/build.sh
+
 # Debian's prometheus + promtool for the observability tests (installed only when missing).
 prometheus:
 	ops/prometheus/install.sh
@@ -33,7 +38,7 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(BIN)/mypy --strict agent
 
-pytest: $(INSTALLED) kafka prometheus
+pytest: $(INSTALLED) kafka prometheus consul-sd-check
 	$(BIN)/pytest
 
 test: lint typecheck pytest
