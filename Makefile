@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 KAFKA_CACHE := .cache/kafka
 
-.PHONY: test demo lint typecheck pytest kafka prometheus consul-sd-check clean
+.PHONY: test demo soak lint typecheck pytest kafka prometheus consul-sd-check clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: lint typecheck pytest
 
 demo: $(INSTALLED) kafka
 	$(BIN)/peering demo
+
+# The seeded fault campaign for 20 minutes (make test runs it for 25 s); prints its seed and
+# a summary line: operations, faults, bad inputs, differences (must be 0), duplicates (0).
+soak: $(INSTALLED) kafka
+	PEERING_CAMPAIGN_SECONDS=1200 $(BIN)/pytest -s --timeout 1800 tests/test_fault_campaign.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

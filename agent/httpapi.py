@@ -144,10 +144,20 @@ class AgentSelfMember(msgspec.Struct, frozen=True):
     Status: int
 
 
+class KafkaStatusView(msgspec.Struct, frozen=True):
+    """One Kafka cluster the agent uses, as its last request found it."""
+
+    Kafka: str
+    Connected: bool
+    Since: float
+
+
 class AgentSelf(msgspec.Struct, frozen=True):
     Config: AgentSelfConfig
     Member: AgentSelfMember
     Meta: dict[str, str]
+    # Not in Consul: whether each Kafka cluster is reachable (graceful degradation shows here).
+    Kafka: list[KafkaStatusView] = msgspec.field(default_factory=list)
 
 
 class CheckUpdate(msgspec.Struct, frozen=True):
@@ -196,6 +206,10 @@ async def read_json(request: Request, limit: int) -> Any:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        # msgspec decodes recursively; a body nested deeper than the stack is an attack or
+        # a bug on the client's side, never a catalog entry.
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
 
 
 def convert(value: Any, type_: type[T], what: str) -> T:
@@ -561,6 +575,10 @@ class Api:
                 Config=AgentSelfConfig(cfg.name, cfg.name, "", __version__, True),
                 Member=AgentSelfMember(cfg.name, cfg.node_address, cfg.http_port, {}, 1),
                 Meta={},
+                Kafka=[
+                    KafkaStatusView(Kafka=kafka, Connected=connected, Since=since)
+                    for kafka, (connected, since) in sorted(metrics.kafka_connections().items())
+                ],
             )
         )
 

@@ -8,6 +8,7 @@ Label values are bounded: HTTP routes are labelled with their template
 from __future__ import annotations
 
 import contextlib
+import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -105,6 +106,22 @@ KAFKA_CONNECTED = Gauge(
     "1 when the last request to that Kafka cluster succeeded.",
     ["kafka"],
 )
+
+# The last known connection state per Kafka cluster, for /v1/agent/self: label -> (connected,
+# unix time of the last change). The gauge is what Prometheus sees; this is what people read.
+_KAFKA_STATE: dict[str, tuple[bool, float]] = {}
+
+
+def set_kafka_connected(kafka: str, connected: bool) -> None:
+    KAFKA_CONNECTED.labels(kafka=kafka).set(1 if connected else 0)
+    previous = _KAFKA_STATE.get(kafka)
+    if previous is None or previous[0] != connected:
+        _KAFKA_STATE[kafka] = (connected, time.time())
+
+
+def kafka_connections() -> dict[str, tuple[bool, float]]:
+    return dict(_KAFKA_STATE)
+
 
 _PER_PEER = (
     EXPORTED_SERVICES,

@@ -81,6 +81,40 @@ class _JsonFormatter(logging.Formatter):
         return msgspec.json.encode(doc).decode()
 
 
+class _RateLimit(logging.Filter):
+    """Let one record per message template through every ``seconds``, then count the rest.
+
+    aiokafka logs every failed reconnect (about 100 lines a second while a broker is away);
+    our own loops already say once per outage that Kafka is unavailable, and the
+    ``peering_kafka_connected`` gauge says it continuously.
+    """
+
+    def __init__(self, logger_prefix: str, seconds: float) -> None:
+        super().__init__()
+        self.logger_prefix = logger_prefix
+        self.seconds = seconds
+        self._last: dict[object, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.logger_prefix):
+            return True
+        key = (record.name, record.msg)
+        now = record.created
+        last, suppressed = self._last.get(key, (0.0, 0))
+        if now - last < self.seconds:
+            self._last[key] = (last, suppressed + 1)
+            return False
+        if suppressed:
+            record.msg = f"{record.msg} (and {suppressed} more like it in the last " + (
+                f"{now - last:.0f}s)"
+            )
+        self._last[key] = (now, 0)
+        return True
+
+
+KAFKA_CLIENT_LOG_INTERVAL_SECONDS = 30.0
+
+
 def configure_logging(config: AgentConfig) -> None:
     handler = logging.StreamHandler()
     if config.log_format is LogFormat.JSON:
@@ -90,6 +124,8 @@ def configure_logging(config: AgentConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.log_level.upper())
+    # On the handler: logger filters would not see records of aiokafka's child loggers.
+    handler.addFilter(_RateLimit("aiokafka", KAFKA_CLIENT_LOG_INTERVAL_SECONDS))
 
 
 class _Server(uvicorn.Server):

@@ -364,3 +364,28 @@ def test_config_file_settings_apply(
         assert http.get("/v1/agent/self").json()["Config"]["Datacenter"] == "gamma"
     first = agent.log().splitlines()[0]
     assert json.loads(first)["level"] == "info"
+
+
+def test_kafka_client_log_flood_is_rate_limited() -> None:
+    """A burst of identical aiokafka errors logs once, then once more with the count."""
+    import logging
+
+    from agent.runtime import _RateLimit
+
+    limit = _RateLimit("aiokafka", 30.0)
+    records = [
+        logging.LogRecord("aiokafka.conn", logging.ERROR, __file__, 1, "Unable connect", (), None)
+        for _ in range(100)
+    ]
+    for i, record in enumerate(records):
+        record.created = 1000.0 + i * 0.01
+    passed = [r for r in records if limit.filter(r)]
+    assert len(passed) == 1
+    later = logging.LogRecord(
+        "aiokafka.conn", logging.ERROR, __file__, 1, "Unable connect", (), None
+    )
+    later.created = 1031.0
+    assert limit.filter(later)
+    assert "99 more like it" in later.getMessage()
+    ours = logging.LogRecord("agent.peering", logging.WARNING, __file__, 1, "x", (), None)
+    assert all(limit.filter(ours) for _ in range(5))

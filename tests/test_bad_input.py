@@ -75,10 +75,6 @@ def test_bad_bodies_are_refused_and_change_nothing(
     assert _client_errors(victim) == errors + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: agent/httpapi.py read_json lets msgspec's RecursionError through (500)",
-)
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -94,6 +90,7 @@ def test_deeply_nested_json_is_a_400(victim: AgentProcess, method: str, path: st
     response = httpx.request(method, f"{victim.url}{path}", content=DEEP, timeout=15)
     assert _snapshot(victim) == before
     assert response.status_code == 400, response.text
+    assert "nested too deeply" in response.text
 
 
 def test_tampered_tokens_are_refused_before_any_handshake(

@@ -79,7 +79,7 @@ async def retry_forever(
         try:
             await attempt()
         except (kafka_client.KafkaError, OSError, TimeoutError) as error:
-            metrics.KAFKA_CONNECTED.labels(kafka=label).set(0)
+            metrics.set_kafka_connected(label, False)
             if anyio.current_time() - started > RETRY_MAX_SECONDS * 2:
                 delay = RETRY_FIRST_SECONDS  # it worked for a while: a new outage
             log.warning("%s: Kafka at %s unavailable (%r); retrying in %.1fs", what, label,

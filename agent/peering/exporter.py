@@ -102,7 +102,7 @@ class Exporter:
         if events:
             now = self.ctx.clock()
             self.last_send = now
-            metrics.KAFKA_CONNECTED.labels(kafka=kafka_label(record.Kafka)).set(1)
+            metrics.set_kafka_connected(kafka_label(record.Kafka), True)
             metrics.LAST_SENT.labels(peer=record.Name).set(now)
             for event in events:
                 metrics.EVENTS_PUBLISHED.labels(peer=record.Name, type=event_type(event)).inc()

@@ -98,7 +98,7 @@ class Importer:
     def _observe(self, ingested: reducer.Ingested, now: float) -> None:
         """Metrics and liveness for a committed batch; state changes go to the tracker."""
         name = self.record.Name
-        metrics.KAFKA_CONNECTED.labels(kafka=kafka_label(self.record.Kafka)).set(1)
+        metrics.set_kafka_connected(kafka_label(self.record.Kafka), True)
         heartbeat = False
         for _offset, effects in ingested.effects:
             for effect in effects:

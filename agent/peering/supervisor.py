@@ -64,11 +64,11 @@ async def _watch_kafka(ctx: PeeringContext, record: PeeringRecord) -> None:
     ``peering_kafka_connected`` gauge: aiokafka's clients retry an unreachable broker inside
     ``getmany``/``send`` without raising, so the loops alone never notice an outage."""
     period = max(1.0, 3 * ctx.heartbeat_interval)
-    gauge = metrics.KAFKA_CONNECTED.labels(kafka=kafka_label(record.Kafka))
+    label = kafka_label(record.Kafka)
     while True:
         await anyio.sleep(period)
         info = await kafka_client.probe(record.Kafka, request_timeout=min(period, 5.0))
-        gauge.set(0 if info is None else 1)
+        metrics.set_kafka_connected(label, info is not None)
 
 
 async def run_streams(ctx: PeeringContext, name: str) -> None:
