@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 KAFKA_CACHE := .cache/kafka
 
-.PHONY: test demo soak lint typecheck pytest kafka prometheus consul-sd-check clean
+.PHONY: test demo soak lint typecheck pytest kafka prometheus consul-sd-check test-tools clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ kafka: $(KAFKA_CACHE)/current
 consul-sd-check:
 	ops/prometheus/consul-sd-check/build.sh
 
+# Small Debian tools: libfaketime for the clock-skew test.
+test-tools:
+	ops/install-debian-tools.sh faketime:faketime
+
 # Debian's prometheus + promtool for the observability tests (installed only when missing).
 prometheus:
 	ops/prometheus/install.sh
@@ -38,7 +42,7 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(BIN)/mypy --strict agent
 
-pytest: $(INSTALLED) kafka prometheus consul-sd-check
+pytest: $(INSTALLED) kafka prometheus consul-sd-check test-tools
 	$(BIN)/pytest
 
 test: lint typecheck pytest
