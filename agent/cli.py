@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import enum
-import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import msgspec
 import typer
 
 from agent import cli_peering, cli_replay
+from agent.cli_common import FormatOption, HttpAddrOption, OutputFormat, fail, print_json
 
 app = typer.Typer(
     name="peering",
@@ -48,35 +47,6 @@ def demo(
     raise typer.Exit(run_demo(keep=keep, data_dir=data_dir))
 
 
-class OutputFormat(enum.StrEnum):
-    TABLE = "table"
-    JSON = "json"
-
-
-HttpAddrOption = Annotated[
-    str | None,
-    typer.Option(
-        "--http-addr",
-        envvar="PEERING_HTTP_ADDR",
-        help="agent HTTP address (default 127.0.0.1:8500)",
-        show_envvar=True,
-    ),
-]
-FormatOption = Annotated[
-    OutputFormat, typer.Option("--format", help="table for people, json for scripts")
-]
-
-
-def _fail(message: str) -> NoReturn:
-    """One clear line on stderr and exit code 1: no stack traces for user errors."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def _print_json(value: object) -> None:
-    typer.echo(json.dumps(value, indent=2, sort_keys=True))
-
-
 @app.command("agent")
 def agent_cmd(
     name: Annotated[str | None, typer.Option(help="this cluster's name")] = None,
@@ -105,7 +75,7 @@ def agent_cmd(
     try:
         cfg = load_config(config, flags=flags)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     raise typer.Exit(run(cfg, extensions=[peering_extension]))
 
 
@@ -139,9 +109,9 @@ def services(
                     }
                 )
     except ClientError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if output is OutputFormat.JSON:
-        _print_json(rows)
+        print_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
@@ -179,7 +149,7 @@ def export(
         if service != catalog.WILDCARD:
             validate_service_name(service)
     except InvalidName as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         with AgentClient(http_addr) as client:
             entry = client.exported_entry()
@@ -188,9 +158,9 @@ def export(
             client.put_exported_entry(entry)
             entry = client.exported_entry()
     except ClientError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if output is OutputFormat.JSON:
-        _print_json(msgspec.to_builtins(entry))
+        print_json(msgspec.to_builtins(entry))
         return
     verb = "no longer exported" if remove else "exported"
     typer.echo(f"{service} {verb} to {peer}")
@@ -220,7 +190,7 @@ def register(
     for item in meta or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            _fail(f"--meta expects KEY=VALUE, got {item!r}")
+            fail(f"--meta expects KEY=VALUE, got {item!r}")
         pairs[key] = value
     body: dict[str, object] = {"Name": name, "Address": address, "Port": port}
     if service_id:
@@ -235,9 +205,9 @@ def register(
         with AgentClient(http_addr) as client:
             client.register(body)
     except ClientError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if output is OutputFormat.JSON:
-        _print_json({"Registered": service_id or name})
+        print_json({"Registered": service_id or name})
     else:
         typer.echo(f"registered {service_id or name}")
 
@@ -255,9 +225,9 @@ def deregister(
         with AgentClient(http_addr) as client:
             client.deregister(service_id)
     except ClientError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if output is OutputFormat.JSON:
-        _print_json({"Deregistered": service_id})
+        print_json({"Deregistered": service_id})
     else:
         typer.echo(f"deregistered {service_id}")
 

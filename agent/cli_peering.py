@@ -7,55 +7,27 @@ imports this module, so the small option types are declared here rather than imp
 
 from __future__ import annotations
 
-import enum
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
+from agent.cli_common import FormatOption, HttpAddrOption, OutputFormat, fail, print_json
 from agent.client import AgentClient, ClientError
 from agent.names import InvalidName, validate_peer_name
 
-
-class OutputFormat(enum.StrEnum):
-    TABLE = "table"
-    JSON = "json"
-
-
-HttpAddrOption = Annotated[
-    str | None,
-    typer.Option(
-        "--http-addr",
-        envvar="PEERING_HTTP_ADDR",
-        help="agent HTTP address (default 127.0.0.1:8500)",
-        show_envvar=True,
-    ),
-]
-FormatOption = Annotated[
-    OutputFormat, typer.Option("--format", help="table for people, json for scripts")
-]
 NameOption = Annotated[str, typer.Option("--name", help="peer name (the remote cluster's alias)")]
 MetaOption = Annotated[
     list[str] | None, typer.Option("--meta", help="KEY=VALUE stored with the peering (repeatable)")
 ]
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def _print_json(value: object) -> None:
-    typer.echo(json.dumps(value, indent=2, sort_keys=True))
-
-
 def _peer_name(value: str) -> str:
     try:
         return validate_peer_name(value)
     except InvalidName as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _meta(items: list[str] | None) -> dict[str, str]:
@@ -63,7 +35,7 @@ def _meta(items: list[str] | None) -> dict[str, str]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            _fail(f"--meta expects KEY=VALUE, got {item!r}")
+            fail(f"--meta expects KEY=VALUE, got {item!r}")
         pairs[key] = value
     return pairs
 
@@ -75,7 +47,7 @@ def _agent(http_addr: str | None) -> Iterator[AgentClient]:
         with AgentClient(http_addr) as client:
             yield client
     except ClientError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _count(status: dict[str, Any], field: str) -> str:
@@ -130,7 +102,7 @@ def establish(
     with _agent(http_addr) as client:
         client.establish(peer, peering_token.strip(), pairs)
     if output is OutputFormat.JSON:
-        _print_json({"Established": peer})
+        print_json({"Established": peer})
     else:
         typer.echo(f"established peering {peer}: the acceptor accepted")
 
@@ -143,7 +115,7 @@ def list_peerings(
     with _agent(http_addr) as client:
         views = client.peerings()
     if output is OutputFormat.JSON:
-        _print_json(views)
+        print_json(views)
         return
     from rich.console import Console
     from rich.table import Table
@@ -175,7 +147,7 @@ def read(
     with _agent(http_addr) as client:
         view = client.peering(peer)
     if output is OutputFormat.JSON:
-        _print_json(view)
+        print_json(view)
         return
     from rich.console import Console
     from rich.table import Table
@@ -214,7 +186,7 @@ def delete(
     with _agent(http_addr) as client:
         client.delete_peering(peer)
     if output is OutputFormat.JSON:
-        _print_json({"Deleted": peer})
+        print_json({"Deleted": peer})
     else:
         typer.echo(f"deleted peering {peer}")
 
@@ -229,7 +201,7 @@ def rotate_keys(
     with _agent(http_addr) as client:
         client.rotate_keys(peer)
     if output is OutputFormat.JSON:
-        _print_json({"RotationRequested": peer})
+        print_json({"RotationRequested": peer})
     else:
         typer.echo(f"key rotation requested for peering {peer}")
 

@@ -12,12 +12,13 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import typer
 
 from agent import replay
+from agent.cli_common import fail
 from agent.replay import InstanceView, KeyFile, RawRecord, ReplayError, Step
 
 if TYPE_CHECKING:
@@ -57,11 +58,6 @@ KafkaOption = Annotated[
 KeysOption = Annotated[
     Path | None, typer.Option("--keys", help="key file from `peering export-keys`")
 ]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
 
 
 def _keys(
@@ -319,12 +315,12 @@ def replay_cmd(
             return
         _print_timeline(replay.window(steps, from_point), fmt, service)
     except ReplayError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except Exception as exc:
         from agent.client import ClientError
 
         if isinstance(exc, ClientError):
-            _fail(str(exc))
+            fail(str(exc))
         raise
 
 
@@ -370,7 +366,7 @@ def dump_cmd(
         except OSError as exc:
             raise ReplayError(f"cannot write {out}: {exc.strerror}") from None
     except ReplayError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"wrote {count} records of {topic} (offsets < {end}) to {out}", err=True)
 
 
@@ -389,7 +385,7 @@ def export_keys_cmd(
         except OSError as exc:
             raise ReplayError(f"cannot write {out}: {exc.strerror}") from None
     except ReplayError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.secho(
         f"WARNING: {out} holds the SECRET stream keys and private key of peering {peer!r}.\n"
         "Anyone with this file and access to the broker can read every event of both streams\n"
