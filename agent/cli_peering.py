@@ -1,8 +1,7 @@
 """Peering verbs of the ``peering`` CLI: generate-token, establish, list, read, delete,
 rotate-keys. Each one is a thin shell over one call of the agent's peering HTTP API.
 
-Errors are one line on stderr and exit code 1, as for the other verbs in agent.cli (which
-imports this module, so the small option types are declared here rather than imported).
+Errors are one line on stderr and exit code 1, as for every verb (agent.cli_common).
 """
 
 from __future__ import annotations
