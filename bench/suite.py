@@ -1,0 +1,486 @@
+"""The whole benchmark (issue 8): one broker, real agent processes, a JSON report and a table.
+
+    .venv/bin/python bench/suite.py [--quick] [--json bench/results/suite.json]
+
+Figures (medians; p99 where it is a latency; nothing is asserted):
+- floor: bare aiokafka produce (acks=all) -> consume round trip on the same broker;
+- establish: token -> both sides ACTIVE;
+- propagation: register on east -> visible through west's blocking query, p50/p99 and the
+  ratio of its p50 to the floor's;
+- throughput: a services file of N instances (N/10 services x 10) loaded on east until west
+  imported all N; end to end (file load included) and on the stream alone (from west's first
+  imported instance to its last); then every instance changed once (N updates);
+- CPU per event of encode + encrypt + decrypt + decode + apply in one process (no Kafka);
+- cold import: west restarted with its imported set and stream cursor erased, catching up on
+  the stream of N instances: seconds from process start and peak RSS (VmHWM) of the process;
+- fan-out: east exports to P peerings and a change is visible through all P, p50/p99 over
+  (change, peer). The P importers all live in ONE west agent process (P dialer agents on
+  two cores would measure the scheduler), so this loads the receiving side P times more
+  than a real deployment, where each peer is its own cluster;
+- quiet peerings: CPU of both agents and heartbeat bytes/s (record key + value, without
+  Kafka framing) with P idle peerings at the default 5 s heartbeat interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from agent import crypto
+from agent.devbroker import DevBroker, free_port
+from agent.wire import keys
+from agent.wire.envelope import encode_event
+from agent.wire.events import Heartbeat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from propagation import floor_round_trip, percentile
+
+REPO = Path(__file__).resolve().parents[1]
+BEGAN = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    print(f"[{time.perf_counter() - BEGAN:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Agent:
+    """One agent process with its own data dir and HTTP port."""
+
+    def __init__(
+        self,
+        name: str,
+        bootstrap: str,
+        workdir: Path,
+        *,
+        heartbeat: float = 1.0,
+        services_file: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = workdir / name
+        args = [sys.executable, "-m", "agent", "agent", "--name", name, "--kafka", bootstrap,
+                "--http", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir)]  # fmt: skip
+        if services_file is not None:
+            args += ["--services-file", str(services_file)]
+        log = (workdir / f"{name}.log").open("ab")
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            env={**os.environ, "PEERING_HEARTBEAT_INTERVAL": str(heartbeat)},
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v1/status/leader", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"agent {name} did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(30)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def metric(self, name: str, peer: str, extra: str = "") -> float:
+        """Sum of the samples of ``name`` labelled with ``peer`` (and ``extra``) on /metrics."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and f'peer="{peer}"' in line and extra in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50_ms": round(statistics.median(values) * 1000, 2),
+        "p99_ms": round(percentile(values, 0.99) * 1000, 2),
+        "max_ms": round(max(values) * 1000, 2),
+    }
+
+
+def state(agent: Agent, peer: str) -> str:
+    answer = httpx.get(f"{agent.url}/v1/peering/{peer}", timeout=10)
+    return str(answer.json().get("State")) if answer.status_code == 200 else "-"
+
+
+def establish(acceptor: Agent, dialer: Agent, dialer_name: str, acceptor_name: str) -> float:
+    """Token on the acceptor -> establish on the dialer -> both ACTIVE; seconds."""
+    token = httpx.post(
+        f"{acceptor.url}/v1/peering/token", json={"PeerName": dialer_name}, timeout=10
+    )
+    token.raise_for_status()
+    started = time.perf_counter()
+    httpx.post(
+        f"{dialer.url}/v1/peering/establish",
+        json={"PeerName": acceptor_name, "PeeringToken": token.json()["PeeringToken"]},
+        timeout=60,
+    ).raise_for_status()
+    deadline = time.monotonic() + 60
+    while state(acceptor, dialer_name) != "ACTIVE" or state(dialer, acceptor_name) != "ACTIVE":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"peering {acceptor_name}/{dialer_name} not ACTIVE")
+        time.sleep(0.005)
+    return time.perf_counter() - started
+
+
+def export(agent: Agent, service: str, consumers: list[str]) -> None:
+    config = {
+        "Kind": "exported-services",
+        "Name": "default",
+        "Services": [{"Name": service, "Consumers": [{"Peer": p} for p in consumers]}],
+    }
+    httpx.put(f"{agent.url}/v1/config", json=config, timeout=30).raise_for_status()
+
+
+async def propagation(east: Agent, targets: list[tuple[Agent, str]], changes: int) -> list[float]:
+    """Register on east; wait until each (agent, peer) target shows it (blocking queries)."""
+    results: list[float] = []
+    limits = httpx.Limits(max_connections=len(targets) + 4)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+        async def visible(target: tuple[Agent, str], port: int, index: str) -> None:
+            agent, peer = target
+            url = f"{agent.url}/v1/health/service/bench"
+            while True:
+                answer = await client.get(url, params={"peer": peer, "index": index, "wait": "10s"})
+                index = answer.headers["X-Consul-Index"]
+                if any(e["Service"]["Port"] == port for e in answer.json()):
+                    results.append(time.perf_counter() - started[0])
+                    return
+
+        for i in range(changes):
+            port = 10000 + i
+            body = {"ID": "bench-1", "Name": "bench", "Address": "10.1.1.1", "Port": port}
+            indexes = []
+            for agent, peer in targets:
+                url = f"{agent.url}/v1/health/service/bench"
+                answer = await client.get(url, params={"peer": peer})
+                indexes.append(answer.headers["X-Consul-Index"])
+            started = [time.perf_counter()]
+            async with anyio.create_task_group() as group:
+                put = client.put(f"{east.url}/v1/agent/service/register", json=body)
+                (await put).raise_for_status()
+                for target, index in zip(targets, indexes, strict=True):
+                    group.start_soon(visible, target, port, index)
+    return results
+
+
+def services_file(path: Path, count: int, port: int) -> None:
+    """``count`` instances of ``count // 10`` services (10 each), written atomically."""
+    services = [
+        {"ID": f"svc-{n // 10}-{n % 10}", "Name": f"svc-{n // 10}",
+         "Address": f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}", "Port": port,
+         "Tags": ["v1"], "Meta": {"team": "bench"}}
+        for n in range(count)
+    ]  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"services": services}))
+    tmp.replace(path)
+
+
+def wait_imported(west: Agent, peer: str, count: int, timeout: float) -> tuple[float, float]:
+    """(first time west imported >0 changes of this round, time it has all ``count``)."""
+    first = float("nan")
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        imported = west.metric("peering_imported_instances", peer)
+        now = time.perf_counter()
+        if imported > 0 and first != first:
+            first = now
+        if imported >= count:
+            return first, now
+        time.sleep(0.05)
+    raise RuntimeError(f"west imported only {imported} of {count}")
+
+
+def wait_updated(west: Agent, peer: str, applied_before: float, count: int) -> tuple[float, float]:
+    first = float("nan")
+    deadline = time.perf_counter() + 600
+    while time.perf_counter() < deadline:
+        applied = west.metric("peering_events_applied_total", peer, 'type="instance_upsert"')
+        now = time.perf_counter()
+        if applied > applied_before and first != first:
+            first = now
+        if applied - applied_before >= count:
+            return first, now
+        time.sleep(0.05)
+    raise RuntimeError("updates did not arrive")
+
+
+def stream_rate(count: int, first: float, done: float) -> int | None:
+    """Changes/s from west's first to its last import; None when too quick to time (<0.25 s)."""
+    return round(count / (done - first)) if done - first >= 0.25 else None
+
+
+def erase_import(data_dir: Path, peer: str) -> None:
+    """Offline, agent stopped: forget what ``peer`` sent, so the importer starts cold.
+
+    The bench edits the agent's database directly (the agent has no verb for this);
+    the peering itself and its keys stay.
+    """
+    conn = sqlite3.connect(data_dir / "agent.db")
+    with conn:
+        ids = [
+            r[0] for r in conn.execute("SELECT peering_id FROM peerings WHERE name = ?", (peer,))
+        ]
+        conn.execute("DELETE FROM imported WHERE peer = ?", (peer,))
+        for peering_id in ids:
+            conn.execute("DELETE FROM import_cursor WHERE peering_id = ?", (peering_id,))
+    conn.close()
+
+
+def catalog_round(work: Path, bootstrap: str, count: int, report: dict[str, Any]) -> None:
+    """Throughput (load, then update every instance) and cold import for ``count`` instances."""
+    svc = work / f"services-{count}.json"
+    services_file(svc, 0, 1)
+    east = Agent(f"east{count}", bootstrap, work, heartbeat=5, services_file=svc)
+    west = Agent(f"west{count}", bootstrap, work, heartbeat=5)
+    agents = [east, west]
+    try:
+        # A token names the dialer's cluster: the PeerName on east is west's agent name.
+        establish(east, west, west.name, "east")
+        config = {"Kind": "exported-services", "Name": "default",
+                  "Services": [{"Name": "*", "Consumers": [{"Peer": west.name}]}]}  # fmt: skip
+        httpx.put(f"{east.url}/v1/config", json=config, timeout=30).raise_for_status()
+        started = time.perf_counter()
+        services_file(svc, count, 8080)
+        first, done = wait_imported(west, "east", count, timeout=900)
+        load = {
+            "instances": count,
+            "end_to_end_per_s": round(count / (done - started)),
+            "stream_per_s": stream_rate(count, first, done),
+            "seconds": round(done - started, 2),
+        }
+        applied = west.metric("peering_events_applied_total", "east", 'type="instance_upsert"')
+        started = time.perf_counter()
+        services_file(svc, count, 9090)
+        first, done = wait_updated(west, "east", applied, count)
+        update = {
+            "instances": count,
+            "end_to_end_per_s": round(count / (done - started)),
+            "stream_per_s": stream_rate(count, first, done),
+            "seconds": round(done - started, 2),
+        }
+        west.stop()
+        erase_import(west.data_dir, "east")
+        west = Agent(west.name, bootstrap, work, heartbeat=5)
+        agents[1] = west
+        _, done = wait_imported(west, "east", count, timeout=900)
+        cold = {
+            "instances": count,
+            "stream_records": count * 2,
+            "seconds_from_process_start": round(done - west.started, 2),
+            "peak_rss_mb": round(west.peak_rss_mb(), 1),
+        }
+        report["throughput_load"].append(load)
+        report["throughput_update"].append(update)
+        report["cold_import"].append(cold)
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
+def heartbeat_bytes() -> int:
+    """Size of one encrypted heartbeat record (key + value) as it is on the wire."""
+    root = crypto.hkdf(b"bench", salt=b"", info=b"bench root")
+    keyring = keys.new_keyring(root, "bench-peering", keys.Direction.ACCEPTOR_TO_DIALER)
+    key, value = encode_event(keyring, Heartbeat(Epoch=1, Seq=12345, SentAt=time.time()))
+    return len(key or b"") + len(value)
+
+
+def fanout_round(
+    work: Path, bootstrap: str, peer_counts: list[int], changes: int, quiet_seconds: float,
+    report: dict[str, Any],
+) -> None:  # fmt: skip
+    """One exporting agent, one dialer agent per peer (a token names the dialer's cluster)."""
+    most = max(peer_counts)
+    east = Agent("fan-east", bootstrap, work, heartbeat=5)
+    wests: list[Agent] = []
+    try:
+        establish_times = []
+        for k in range(most):
+            wests.append(Agent(f"w{k}", bootstrap, work, heartbeat=5))
+            establish_times.append(establish(east, wests[-1], f"w{k}", "fan-east"))
+        report["establish_seconds_fanout_median"] = round(statistics.median(establish_times), 3)
+        for peers in peer_counts:
+            export(east, "bench", [f"w{k}" for k in range(peers)])
+            time.sleep(1)
+            targets = [(west, "fan-east") for west in wests[:peers]]
+            samples = anyio.run(propagation, east, targets, changes)
+            report["fanout"].append({"peers": peers, **summary(samples)})
+        time.sleep(6)  # let the last changes and heartbeats settle
+        cpu = (east.cpu_seconds(), sum(w.cpu_seconds() for w in wests))
+        beats = sum(east.metric("peering_events_published_total", f"w{k}") for k in range(most))
+        time.sleep(quiet_seconds)
+        beats_after = sum(
+            east.metric("peering_events_published_total", f"w{k}") for k in range(most)
+        )
+        cpu_after = (east.cpu_seconds(), sum(w.cpu_seconds() for w in wests))
+        per_s = (beats_after - beats) / quiet_seconds
+        report["quiet"] = {
+            "peers": most,
+            "heartbeat_interval_s": 5,
+            "exporter_agent_cpu_percent": round(100 * (cpu_after[0] - cpu[0]) / quiet_seconds, 2),
+            "each_peer_agent_cpu_percent": round(
+                100 * (cpu_after[1] - cpu[1]) / quiet_seconds / most, 2
+            ),
+            "heartbeats_per_s_one_direction": round(per_s, 2),
+            "heartbeat_bytes_per_s_one_direction": round(per_s * heartbeat_bytes()),
+        }
+    finally:
+        east.stop()
+        for west in wests:
+            west.stop()
+
+
+def codec_cost(instances: int) -> dict[str, float]:
+    """µs per event for encode+encrypt and decrypt+decode+apply (batched ingest), one core."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "codec_throughput.py"),
+         "--instances", str(instances)],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    rates: dict[str, float] = {}
+    for line in out.stdout.splitlines():
+        if "records/s" in line:
+            label, rest = line.split(":", 1)
+            rates[label.strip()] = float(rest.split()[0].replace(",", ""))
+    encode = 1e6 / rates["encode"]
+    ingest = 1e6 / rates["ingest (500)"]
+    return {
+        "encode_encrypt_us": round(encode, 1),
+        "decrypt_decode_apply_us": round(ingest, 1),
+        "total_us": round(encode + ingest, 1),
+        "rebuild_us": round(1e6 / rates["rebuild"], 1),
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    floor, prop = report["floor"], report["propagation"]
+    ratio = report["ratio_p50_to_floor"]
+    rows = [
+        ("floor (aiokafka produce->consume)", f"p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms",
+         ""),
+        ("propagation (register -> west blocking query)",
+         f"p50 {prop['p50_ms']} ms, p99 {prop['p99_ms']} ms, {ratio:.1f}x floor",
+         "p50 <= 2x floor, p99 < 50 ms"),
+        ("establish (token -> both ACTIVE)", f"{report['establish_seconds']:.2f} s", ""),
+        ("CPU per event (encode+encrypt+decrypt+decode+apply)",
+         f"{report['codec']['total_us']} us", ""),
+    ]  # fmt: skip
+    for kind in ("load", "update"):
+        for run in report[f"throughput_{kind}"]:
+            stream = f"{run['stream_per_s']:,}/s" if run["stream_per_s"] else "(too quick)"
+            rates = f"{run['end_to_end_per_s']:,}/s end to end, {stream} stream"
+            rows.append((f"throughput {kind} {run['instances']:,} instances", rates, ">= 20,000/s"))
+    for cold in report["cold_import"]:
+        target = "< 10 s, < 300 MB" if cold["instances"] >= 100_000 else ""
+        figure = f"{cold['seconds_from_process_start']} s, {cold['peak_rss_mb']} MB RSS"
+        rows.append((f"cold import {cold['instances']:,} instances", figure, target))
+    for fan in report["fanout"]:
+        target = "p99 < 250 ms" if fan["peers"] >= 50 else ""
+        figure = f"p50 {fan['p50_ms']} ms, p99 {fan['p99_ms']} ms"
+        rows.append((f"fan-out to {fan['peers']} peers", figure, target))
+    if "quiet" in report:
+        q = report["quiet"]
+        figure = (
+            f"CPU {q['exporter_agent_cpu_percent']}% exporter, {q['each_peer_agent_cpu_percent']}%"
+            " per peer agent,"
+            f" {q['heartbeat_bytes_per_s_one_direction']} B/s each way"
+        )
+        rows.append((f"quiet, {q['peers']} peers (heartbeat {q['heartbeat_interval_s']} s)",
+                     figure, ""))  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    lines = [f"{'figure':<{width}}  {'measured':<{value_width}}  target"]
+    lines += [f"{a:<{width}}  {b:<{value_width}}  {c}" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--sizes", default="1000,10000,100000", help="catalog sizes")
+    parser.add_argument("--peers", default="1,10,50", help="fan-out peer counts")
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "suite.json")
+    args = parser.parse_args()
+    sizes = [1_000, 10_000] if args.quick else [int(n) for n in args.sizes.split(",")]
+    peer_counts = [1, 5] if args.quick else [int(n) for n in args.peers.split(",")]
+    changes = 50 if args.quick else 300
+    fan_changes = 20 if args.quick else 60
+    report: dict[str, Any] = {
+        "machine": {"nproc": os.cpu_count(), "python": sys.version.split()[0]},
+        "throughput_load": [], "throughput_update": [], "cold_import": [], "fanout": [],
+    }  # fmt: skip
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = DevBroker(work / "broker")
+        broker.start()
+        broker.wait_ready()
+        try:
+            progress("floor")
+            floor = anyio.run(floor_round_trip, broker.bootstrap, changes)
+            report["floor"] = summary(floor)
+            east = Agent("east", broker.bootstrap, work)
+            west = Agent("west", broker.bootstrap, work)
+            try:
+                progress("establish + propagation")
+                report["establish_seconds"] = round(establish(east, west, "west", "east"), 3)
+                export(east, "bench", ["west"])
+                samples = anyio.run(propagation, east, [(west, "east")], changes)
+            finally:
+                east.stop()
+                west.stop()
+            report["propagation"] = summary(samples)
+            report["ratio_p50_to_floor"] = round(
+                report["propagation"]["p50_ms"] / report["floor"]["p50_ms"], 2
+            )
+            progress("codec")
+            report["codec"] = codec_cost(20_000)
+            for count in sizes:
+                progress(f"throughput and cold import, {count} instances")
+                catalog_round(work, broker.bootstrap, count, report)
+            progress(f"fan-out to {peer_counts} peers, then quiet")
+            fanout_round(work, broker.bootstrap, peer_counts, fan_changes, 20.0, report)
+        finally:
+            broker.stop()
+    report["suite_seconds"] = round(time.perf_counter() - began, 1)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(table(report))
+    print(f"\nreport: {args.json} ({report['suite_seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
