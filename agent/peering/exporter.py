@@ -11,6 +11,7 @@ a Seq and never marks an unsent change as published.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -104,8 +105,9 @@ class Exporter:
             self.last_send = now
             metrics.set_kafka_connected(kafka_label(record.Kafka), True)
             metrics.LAST_SENT.labels(peer=record.Name).set(now)
-            for event in events:
-                metrics.EVENTS_PUBLISHED.labels(peer=record.Name, type=event_type(event)).inc()
+            # One labels() lookup per type and batch, not per event (a 5000-event batch).
+            for kind, count in Counter(event_type(e) for e in events).items():
+                metrics.EVENTS_PUBLISHED.labels(peer=record.Name, type=kind).inc(count)
             self.ctx.tracker.feed(record.Name, RecordSent(now))
 
     async def start(self) -> None:
@@ -147,7 +149,10 @@ class Exporter:
         changes = [(instance_key(r.Key), r.Instance, r.ChangedAt) for r in rows]
         state, events = reducer.publish_changes(self.cursor.state, changes, now)
         await self.publish(state, events, feed_seq=rows[-1].Seq)
-        self.update_gauges()
+        if len(rows) < FEED_BATCH:
+            # Once the feed is drained, not per batch: the gauges read the whole exported
+            # view, which made a burst quadratic (a 100k load re-read it 20 times).
+            self.update_gauges()
         return True
 
     async def republish(self, reason: str) -> None:
