@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 KAFKA_CACHE := .cache/kafka
 
-.PHONY: test demo soak lint typecheck pytest kafka prometheus consul-sd-check test-tools clean
+.PHONY: test demo bench soak lint typecheck pytest kafka prometheus consul-sd-check test-tools clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test: lint typecheck pytest
 
 demo: $(INSTALLED) kafka
 	$(BIN)/peering demo
+
+# Issue 8's figures: a table, and JSON in bench/results/suite.json (about 4 minutes).
+bench: $(INSTALLED) kafka
+	ops/install-debian-tools.sh wrk:wrk
+	$(BIN)/python bench/suite.py --json bench/results/suite.json
 
 # The seeded fault campaign for 20 minutes (make test runs it for 25 s); prints its seed and
 # a summary line: operations, faults, bad inputs, differences (must be 0), duplicates (0).
