@@ -16,6 +16,7 @@ import httpx
 from agent import kafka_client, topics
 from agent.devbroker import DevBroker
 from agent.wire.keys import Direction
+from tests.acceptance_helpers import metric
 from tests.agent_fixtures import REPO, AgentProcess, cli_env, peering_command
 from tests.peering_helpers import FAST_ENV, export, imported, peer, register, wait_for
 
@@ -308,3 +309,59 @@ def test_replay_errors_are_one_clear_line(
         assert done.returncode == 1, done.stdout + done.stderr
         assert message in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_replay_after_a_resync_matches_live_state(
+    kafka: DevBroker, agent_factory: AgentFactory
+) -> None:
+    """The stream topic is recreated (records lost): the importer resyncs, the exporter
+    republishes, and a replay of the topic as it is now gives exactly west's live state."""
+    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
+    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
+    peer(east, west)
+    peering_id = httpx.get(f"{west.url}/v1/peering/east", timeout=5).json()["ID"]
+    topic = topics.stream_topic(peering_id, Direction.ACCEPTOR_TO_DIALER)
+    ttl = {"Check": {"CheckID": "", "TTL": "60s", "Status": "passing"}}
+    for n in range(3):
+        register(east, f"web-{n}", "web", 8080 + n, **ttl)
+    export(east, {"web": ["west"]})
+    wait_for("three on west", lambda: len(_live(west, "east")) == 3)
+
+    async def recreate() -> None:
+        await kafka_client.delete_topic(kafka.bootstrap, topic)
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    created = await kafka_client.create_topic(
+                        kafka.bootstrap, topic, compacted=True, configs=dict(topics.STREAM_CONFIG)
+                    )
+                except kafka_client.KafkaError:  # the deletion is still in progress
+                    created = False
+                if created:
+                    return
+                await anyio.sleep(0.2)
+
+    anyio.run(recreate)
+    register(east, "web-3", "web", 8083, **ttl)
+    httpx.put(f"{east.url}/v1/agent/check/fail/service:web-0", timeout=5).raise_for_status()
+
+    wait_for(
+        "a resync on west",
+        lambda: metric(west, "peering_resyncs_total", peer="east") >= 1,
+        timeout=40,
+    )
+    wait_for(
+        "converged after the resync",
+        lambda: (
+            len(_live(west, "east")) == 4
+            and ("web", "web-0", "critical") in [s[:3] for s in _live(west, "east")]
+        ),
+        timeout=40,
+    )
+    live = _live(west, "east")
+    end = _end_offset(kafka, topic)
+    data = ["--peer", "east", "--data-dir", str(west.data_dir)]
+    out = _ok("replay", *data, "--format", "jsonl", "--state", "--until", str(end - 1))
+    assert _replayed(out) == live
+    rows = _jsonl(_ok("replay", *data, "--format", "jsonl"), "event")
+    assert any(r["type"] == "stream_head" for r in rows)
