@@ -181,6 +181,9 @@ def _substitutions(text: str) -> tuple[str, list[str]]:
     return "".join(out), inner
 
 
+_SHELL_KEYWORDS = frozenset({"until", "while", "do", "done", "if", "then", "else", "fi", "!"})
+
+
 def simple_commands(text: str) -> list[list[str]]:
     """The argv of every simple command in a shell line (pipes, &&, ||, ;, &, $(...))."""
     outer, inner = _substitutions(text)
@@ -195,8 +198,12 @@ def simple_commands(text: str) -> list[list[str]]:
             redirect = False
         elif set(token) <= set("<>&"):
             redirect = True  # the next word is a redirection target, not an argument
+            if commands[-1] and commands[-1][-1].isdigit():
+                commands[-1].pop()  # the file descriptor of `2> file`
         elif redirect:
             redirect = False
+        elif not commands[-1] and token in _SHELL_KEYWORDS:
+            continue  # `until CMD; do CMD; done`: the commands are what matters
         else:
             commands[-1].append(token)
     result = [argv for argv in commands if argv]

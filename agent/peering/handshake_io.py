@@ -123,6 +123,10 @@ async def _exchange(
 ) -> handshake.HandshakeResponse:
     try:
         with anyio.fail_after(answer_timeout):
+            # The acceptor's agent creates its bootstrap topic when it starts: an establish
+            # issued just before that waits for it (within the timeout) instead of failing.
+            while topic not in await kafka_client.list_topics(kafka):
+                await anyio.sleep(0.5)
             # Read from the end as it was before our request: the answer comes after it.
             start = await kafka_client.end_offset(kafka, topic)
             async with kafka_client.producer(kafka) as producer:
