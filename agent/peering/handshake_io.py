@@ -125,7 +125,10 @@ async def _exchange(
         with anyio.fail_after(answer_timeout):
             # The acceptor's agent creates its bootstrap topic when it starts: an establish
             # issued just before that waits for it (within the timeout) instead of failing.
-            while topic not in await kafka_client.list_topics(kafka):
+            # (Polling: Kafka has no notification for a topic being created.)
+            while True:
+                if topic in await kafka_client.list_topics(kafka):
+                    break
                 await anyio.sleep(0.5)
             # Read from the end as it was before our request: the answer comes after it.
             start = await kafka_client.end_offset(kafka, topic)
