@@ -147,7 +147,6 @@ class AgentSelfMember(msgspec.Struct, frozen=True):
 class KafkaStatusView(msgspec.Struct, frozen=True):
     """One Kafka cluster the agent uses, as its last request found it."""
 
-    Kafka: str
     Connected: bool
     Since: float
 
@@ -156,8 +155,10 @@ class AgentSelf(msgspec.Struct, frozen=True):
     Config: AgentSelfConfig
     Member: AgentSelfMember
     Meta: dict[str, str]
-    # Not in Consul: whether each Kafka cluster is reachable (graceful degradation shows here).
-    Kafka: list[KafkaStatusView] = msgspec.field(default_factory=list)
+    # Not in Consul: whether each Kafka cluster is reachable (graceful degradation shows
+    # here), keyed by its first bootstrap server. An object, not a list: Consul clients (and
+    # Prometheus' Consul SD) decode every top-level value of /v1/agent/self as a map.
+    Kafka: dict[str, KafkaStatusView] = msgspec.field(default_factory=dict)
 
 
 class CheckUpdate(msgspec.Struct, frozen=True):
@@ -575,10 +576,10 @@ class Api:
                 Config=AgentSelfConfig(cfg.name, cfg.name, "", __version__, True),
                 Member=AgentSelfMember(cfg.name, cfg.node_address, cfg.http_port, {}, 1),
                 Meta={},
-                Kafka=[
-                    KafkaStatusView(Kafka=kafka, Connected=connected, Since=since)
+                Kafka={
+                    kafka: KafkaStatusView(Connected=connected, Since=since)
                     for kafka, (connected, since) in sorted(metrics.kafka_connections().items())
-                ],
+                },
             )
         )
 
