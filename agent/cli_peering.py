@@ -6,7 +6,7 @@ Errors are one line on stderr and exit code 1, as for every verb (agent.cli_comm
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -175,19 +175,33 @@ def read(
     Console().print(table)
 
 
+def _peer_action(
+    name: str,
+    http_addr: str | None,
+    output: OutputFormat,
+    call: Callable[[AgentClient, str], object],
+    json_key: str,
+    done: str,
+) -> None:
+    """One call about one peering, then a line for people or ``{json_key: peer}``."""
+    peer = _peer_name(name)
+    with _agent(http_addr) as client:
+        call(client, peer)
+    if output is OutputFormat.JSON:
+        print_json({json_key: peer})
+    else:
+        typer.echo(done.format(peer=peer))
+
+
 def delete(
     name: NameOption,
     http_addr: HttpAddrOption = None,
     output: FormatOption = OutputFormat.TABLE,
 ) -> None:
     """Delete a peering: the peer is told (TERMINATED there), imports go on both sides."""
-    peer = _peer_name(name)
-    with _agent(http_addr) as client:
-        client.delete_peering(peer)
-    if output is OutputFormat.JSON:
-        print_json({"Deleted": peer})
-    else:
-        typer.echo(f"deleted peering {peer}")
+    _peer_action(
+        name, http_addr, output, AgentClient.delete_peering, "Deleted", "deleted peering {peer}"
+    )
 
 
 def rotate_keys(
@@ -196,13 +210,14 @@ def rotate_keys(
     output: FormatOption = OutputFormat.TABLE,
 ) -> None:
     """Move an ACTIVE peering to new stream keys (no event lost or applied twice)."""
-    peer = _peer_name(name)
-    with _agent(http_addr) as client:
-        client.rotate_keys(peer)
-    if output is OutputFormat.JSON:
-        print_json({"RotationRequested": peer})
-    else:
-        typer.echo(f"key rotation requested for peering {peer}")
+    _peer_action(
+        name,
+        http_addr,
+        output,
+        AgentClient.rotate_keys,
+        "RotationRequested",
+        "key rotation requested for peering {peer}",
+    )
 
 
 def register(app: typer.Typer) -> None:

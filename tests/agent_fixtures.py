@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.devbroker import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 20.0
 AGENT_ENTRY = "from agent.cli import main; main()"
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def peering_command(*args: str) -> list[str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +27,8 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+
+from agent.devbroker import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_OPS = REPO / "ops" / "prometheus"
@@ -51,13 +52,6 @@ def prometheus_binary() -> str:
     if binary is None:
         raise PrometheusError("prometheus not found: run ops/prometheus/install.sh as root")
     return binary
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _quote(value: str) -> str:
