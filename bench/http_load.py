@@ -12,19 +12,17 @@ Prints requests/s and the latency percentiles wrk reports. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
+from propagation import Agent  # bench/ is on sys.path when a script here runs
 
-from agent.devbroker import DevBroker, free_port
+from agent.devbroker import DevBroker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,21 +68,9 @@ def main() -> None:
         broker = DevBroker(work / "broker")
         broker.start()
         broker.wait_ready()
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "agent", "--name", "load", "--kafka",
-             broker.bootstrap, "--http", f"127.0.0.1:{port}", "--data-dir", str(work / "a")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=dict(os.environ),
-        )  # fmt: skip
+        agent = Agent("load", broker.bootstrap, work)
+        url = agent.url
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    httpx.get(f"{url}/v1/status/leader", timeout=1).raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
             with httpx.Client(base_url=url, timeout=10) as client:
                 for i in range(100):
                     client.put(
@@ -103,8 +89,7 @@ def main() -> None:
                 run_wrk(f"{url}/v1/health/service/web", args.seconds, args.connections),
             )
         finally:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(15)
+            agent.stop()
             broker.stop()
 
 

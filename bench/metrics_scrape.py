@@ -12,10 +12,7 @@ package) reports it over 30 one-second scrapes. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,12 +20,14 @@ from pathlib import Path
 
 import httpx
 
-from agent.devbroker import DevBroker, free_port
+from agent.devbroker import DevBroker
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
 from agent.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from propagation import Agent  # noqa: E402 - bench/ is on sys.path when a script here runs
 
 from tests.prometheus_fixture import start_prometheus  # noqa: E402 - after the path fix
 
@@ -40,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        store = Store.open(work / "agent")
+        store = Store.open(work / "bench")
         check = HealthCheck(CheckID="ttl", Name="ttl", Status=CheckStatus.PASSING)
         store.replace_imported(
             "peer-00",
@@ -59,22 +58,10 @@ def main() -> None:
         broker = DevBroker(work / "broker")
         broker.start()
         broker.wait_ready()
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "agent", "--name", "bench", "--kafka",
-             broker.bootstrap, "--http", f"127.0.0.1:{port}", "--data-dir", str(work / "agent")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=dict(os.environ),
-        )  # fmt: skip
+        agent = Agent("bench", broker.bootstrap, work)
+        url = agent.url
         prometheus = None
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    httpx.get(f"{url}/v1/status/leader", timeout=1).raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
             with httpx.Client(base_url=url, timeout=10) as client:
                 for i in range(args.peers):
                     client.post(
@@ -88,7 +75,7 @@ def main() -> None:
                     client.get("/metrics").raise_for_status()
                     timings.append(time.perf_counter() - started)
             series = sum(1 for line in body.decode().splitlines() if not line.startswith("#"))
-            prometheus = start_prometheus(work / "prometheus", targets=(f"127.0.0.1:{port}",))
+            prometheus = start_prometheus(work / "prometheus", targets=(f"127.0.0.1:{agent.port}",))
             time.sleep(30)
             durations = [
                 float(value[1])
@@ -112,8 +99,7 @@ def main() -> None:
         finally:
             if prometheus is not None:
                 prometheus.stop()
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(15)
+            agent.stop()
             broker.stop()
 
 
