@@ -331,7 +331,10 @@ def run(config: AgentConfig, extensions: Sequence[ExtensionFactory] = ()) -> int
     """Blocking entry point for the CLI: the process exit code."""
     configure_logging(config)
     try:
-        anyio.run(lambda: run_agent(config, extensions=extensions))
+        # uvloop: libuv's event loop trims every hop of the hot path (HTTP, Kafka, wake-ups).
+        anyio.run(
+            lambda: run_agent(config, extensions=extensions), backend_options={"use_uvloop": True}
+        )
     except AgentError as exc:
         log.error("agent stopped: %s", exc)
         return 1
