@@ -422,15 +422,30 @@ def republish_all(
     return state, events
 
 
-def seq_reservation(before: PublisherState, after: PublisherState) -> PublisherState:
-    """What to persist *before* producing the events that lead from ``before`` to ``after``.
+SEQ_BLOCK = 1000
+"""Seqs reserved per durable write: one fsync per this many events instead of one per batch."""
 
-    Seqs are reserved first and fingerprints recorded only after the broker acked, so a
-    crash in between never reuses a Seq (the importer would drop the new event as a replay)
-    and never marks an unsent change as published (reconcile sends it again after restart;
-    the importer sees a Seq gap and resyncs, which is harmless).
+
+def seq_ceiling_for(ceiling: int, after: PublisherState) -> int | None:
+    """The Seq ceiling to persist durably *before* producing the events that lead to ``after``,
+    or None when the ceiling already persisted covers them.
+
+    Every Seq below the persisted ceiling counts as used: a restart resumes at it
+    (``resume_publisher``), so a crash after producing but before the bookkeeping never
+    reuses a Seq (the importer would drop the new event as a replay), while fingerprints are
+    recorded only after the broker acked, so an unsent change is never marked as published
+    (reconcile sends it again after restart). Reserving a block at a time takes the fsync off
+    the per-change path; the price is that a crash skips the rest of the block, which the
+    importer sees as a Seq gap and resyncs from the compacted topic (harmless).
     """
-    return msgspec.structs.replace(before, NextSeq=after.NextSeq, Epoch=after.Epoch)
+    if after.NextSeq <= ceiling:
+        return None
+    return after.NextSeq + SEQ_BLOCK
+
+
+def resume_publisher(state: PublisherState, ceiling: int) -> PublisherState:
+    """The state to continue from after a restart: never below the persisted ceiling."""
+    return msgspec.structs.replace(state, NextSeq=max(state.NextSeq, ceiling))
 
 
 def heartbeat(state: PublisherState, now: float) -> tuple[PublisherState, Heartbeat]:

@@ -153,6 +153,23 @@ class IndexNotifier:
         return self._index
 
 
+def on_loop(callback: Callable[[frozenset[str]], None]) -> Callable[[frozenset[str]], None]:
+    """``callback`` made callable from any thread: it always runs on the current event loop
+    (the store commits in worker threads; anyio events are not thread-safe)."""
+    token = anyio.lowlevel.current_token()
+    loop_thread = threading.get_ident()
+
+    def call(peers: frozenset[str]) -> None:
+        if threading.get_ident() == loop_thread:
+            callback(peers)
+            return
+        # RuntimeError: the loop has stopped, so nobody can be waiting any more.
+        with contextlib.suppress(RuntimeError):
+            anyio.from_thread.run_sync(callback, peers, token=token)
+
+    return call
+
+
 class Store(PeeringTables):
     """Synchronous, thread-safe access to the agent's SQLite database."""
 
@@ -166,6 +183,7 @@ class Store(PeeringTables):
         self.path = path
         self.readonly = readonly
         self._on_change = on_change
+        self._on_feed: Callable[[frozenset[str]], None] | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -196,6 +214,11 @@ class Store(PeeringTables):
     def set_on_change(self, on_change: Callable[[int], None] | None) -> None:
         """Install the callback run after each commit that moved the index."""
         self._on_change = on_change
+
+    def set_on_feed(self, on_feed: Callable[[frozenset[str]], None] | None) -> None:
+        """Install the callback run after each commit that appended to the exported-changes
+        feed, with the peers whose feed grew (their exporters have work; nobody else)."""
+        self._on_feed = on_feed
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
@@ -266,13 +289,14 @@ class Store(PeeringTables):
             if not durable:
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
+            fed: frozenset[str] = frozenset()
             try:
                 index = _get_index(conn)
                 touched: set[str] = set()
                 changed = apply(conn, index + 1, touched)
                 if changed and exported != "none":
                     names = None if exported == "all" else touched
-                    _refresh_exported(conn, time.time() if now is None else now, names)
+                    fed = _refresh_exported(conn, time.time() if now is None else now, names)
                 if changed:
                     index += 1
                     conn.execute("UPDATE meta SET value = ? WHERE key = 'index'", (index,))
@@ -285,6 +309,8 @@ class Store(PeeringTables):
                     conn.execute("PRAGMA synchronous=FULL")
         if changed and self._on_change is not None:
             self._on_change(index)
+        if fed and self._on_feed is not None:
+            self._on_feed(fed)
         return index
 
     # --- catalog index ---------------------------------------------------------------------
@@ -779,9 +805,12 @@ def _delete_instance(conn: sqlite3.Connection, service_id: str, touched: set[str
     return True
 
 
-def _refresh_exported(conn: sqlite3.Connection, now: float, names: set[str] | None) -> None:
+def _refresh_exported(
+    conn: sqlite3.Connection, now: float, names: set[str] | None
+) -> frozenset[str]:
     """Recompute the exported view (of ``names``, or all services), store it and append its
-    diff to the feed. Restricting to the touched services keeps a write O(service size)."""
+    diff to the feed; the peers whose feed grew. Restricting to the touched services keeps a
+    write O(service size)."""
     if names is None:
         instances = [local.Instance for local in _load_instances(conn, None)]
         current = conn.execute("SELECT peer, key, body FROM exported_current").fetchall()
@@ -800,7 +829,9 @@ def _refresh_exported(conn: sqlite3.Connection, now: float, names: set[str] | No
     old: dict[str, dict[str, ServiceInstance]] = {}
     for peer, key, body in current:
         old.setdefault(peer, {})[key] = _instance_decoder.decode(body)
+    fed: set[str] = set()
     for change in catalog.diff_views(old, new):
+        fed.add(change.Peer)
         if change.Instance is None:
             conn.execute(
                 "DELETE FROM exported_current WHERE peer = ? AND key = ?",
@@ -818,6 +849,7 @@ def _refresh_exported(conn: sqlite3.Connection, now: float, names: set[str] | No
             "INSERT INTO exported_changes (peer, key, body, changed_at) VALUES (?, ?, ?, ?)",
             (change.Peer, change.Key, body, now),
         )
+    return frozenset(fed)
 
 
 def _imported_bodies(conn: sqlite3.Connection, peer: str) -> dict[str, bytes]:

@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS peerings (
 CREATE TABLE IF NOT EXISTS publisher (
     peering_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, next_seq INTEGER NOT NULL,
     feed_seq INTEGER NOT NULL, acked_end INTEGER NOT NULL, keyring BLOB NOT NULL);
+-- Every Seq below the ceiling may have been produced: a restart resumes there (kept apart
+-- from publisher so data dirs from before seq blocks need no migration).
+CREATE TABLE IF NOT EXISTS publisher_seq_ceiling (
+    peering_id TEXT PRIMARY KEY, ceiling INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS published (
     peering_id TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,
     PRIMARY KEY (peering_id, key));
@@ -55,6 +59,8 @@ class PublisherCursor(msgspec.Struct, frozen=True, kw_only=True):
     # Kafka end offset right after our last acknowledged record; an end offset below it on
     # restart means the topic lost records and the full view must be republished.
     acked_end: int = 0
+    # Seqs below this are reserved (durably, a block at a time; see reducer.seq_ceiling_for).
+    seq_ceiling: int = 0
 
 
 class ImportCursor(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,6 +112,7 @@ class PeeringTables:
             conn.execute("DELETE FROM peerings WHERE name = ?", (name,))
             conn.execute("DELETE FROM publisher WHERE peering_id = ?", (peering_id,))
             conn.execute("DELETE FROM published WHERE peering_id = ?", (peering_id,))
+            conn.execute("DELETE FROM publisher_seq_ceiling WHERE peering_id = ?", (peering_id,))
             conn.execute("DELETE FROM import_cursor WHERE peering_id = ?", (peering_id,))
             conn.execute("DELETE FROM imported WHERE peer = ?", (name,))
             conn.execute("DELETE FROM imported_peers WHERE peer = ?", (name,))
@@ -143,14 +150,21 @@ class PeeringTables:
                     "SELECT key, fingerprint FROM published WHERE peering_id = ?", (peering_id,)
                 ).fetchall()
             )
+            ceiling_row = conn.execute(
+                "SELECT ceiling FROM publisher_seq_ceiling WHERE peering_id = ?", (peering_id,)
+            ).fetchone()
+        ceiling = ceiling_row[0] if ceiling_row is not None else 0
         if row is None:
-            return PublisherCursor(state=PublisherState(), keyring=initial_keyring)
+            return PublisherCursor(
+                state=PublisherState(), keyring=initial_keyring, seq_ceiling=ceiling
+            )
         state = PublisherState(Epoch=row[0], NextSeq=row[1], Published=published)
         return PublisherCursor(
             state=state,
             keyring=_keyring_decoder.decode(row[4]),
             feed_seq=row[2],
             acked_end=row[3],
+            seq_ceiling=ceiling,
         )
 
     def save_publisher(
@@ -163,11 +177,13 @@ class PeeringTables:
     ) -> None:
         """Persist the cursor; ``fingerprints`` updates (None removes) published keys.
 
-        Called twice per batch: before producing (seq reservation, no fingerprints; always
-        durable: a Seq must never be reused after a power loss) and after the broker
-        acknowledged (fingerprints, feed position, acked end offset; ``durable=False`` is
-        safe there, see Store._write: losing it rolls back to the reservation, which keeps
-        NextSeq, and the restart reconcile republishes what the lost fingerprints miss).
+        Called before producing when a batch needs a new Seq block or new keys (no
+        fingerprints; always durable: a Seq must never be reused after a power loss, and
+        records under a new epoch need its keyring) and after the broker acknowledged
+        (fingerprints, feed position, acked end offset; ``durable=False`` is safe there, see
+        Store._write: losing it rolls back to the last durable write, whose Seq ceiling still
+        covers every produced Seq, and the restart reconcile republishes what the lost
+        fingerprints miss).
         """
         changes = dict(fingerprints or {})
 
@@ -184,6 +200,10 @@ class PeeringTables:
                     cursor.acked_end,
                     _encoder.encode(cursor.keyring),
                 ),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO publisher_seq_ceiling (peering_id, ceiling) VALUES (?, ?)",
+                (peering_id, cursor.seq_ceiling),
             )
             conn.executemany(
                 "DELETE FROM published WHERE peering_id = ? AND key = ?",

@@ -7,6 +7,7 @@ import msgspec
 from agent import crypto
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
 from agent.reducer import (
+    SEQ_BLOCK,
     HeartbeatSeen,
     ImportMode,
     ImportState,
@@ -29,8 +30,9 @@ from agent.reducer import (
     replay,
     republish_all,
     request_resync,
+    resume_publisher,
     rotate,
-    seq_reservation,
+    seq_ceiling_for,
     terminate,
 )
 from agent.wire.envelope import Reject, decode_record, encode_event
@@ -328,23 +330,45 @@ def test_upserted_effects_carry_instances() -> None:
 
 
 def test_crash_between_reserve_and_ack_loses_no_change() -> None:
-    """Exporter crash after reserving Seqs but before the ack: the change is resent with new
-    Seqs, the importer resyncs on the gap and ends with the exporter's view."""
+    """Exporter crash after reserving Seqs but before the ack: the restart resumes at the
+    persisted ceiling, the change is resent with new Seqs, the importer resyncs on the gap
+    and ends with the exporter's view."""
     peers = Established()
     topic = Topic(peers.a2d)
     pub, events = reconcile(PublisherState(), view(1), NOW)
+    ceiling = seq_ceiling_for(0, pub)
+    assert ceiling is not None
     topic.publish(events)
     state, _ = run_live(ImportState(), topic)
     planned, lost_events = reconcile(pub, view(1, 2), NOW)
-    persisted = seq_reservation(pub, planned)  # crash: lost_events never reached the broker
-    assert persisted.Published == pub.Published
-    assert persisted.NextSeq == planned.NextSeq
-    _, events = reconcile(persisted, view(1, 2), NOW)
+    assert seq_ceiling_for(ceiling, planned) is None  # inside the block: nothing to persist
+    # crash: lost_events never reached the broker, pub is what was saved after the last ack
+    restarted = resume_publisher(pub, ceiling)
+    assert restarted.Published == pub.Published
+    _, events = reconcile(restarted, view(1, 2), NOW)
     assert events[0].Seq > lost_events[-1].Seq
     topic.publish(events)
     state, effects = run_live(state, topic, start=len(topic.records) - len(events))
     assert state.Instances == view(1, 2)
     assert any(isinstance(e, ResyncRequired) and e.why is ResyncReason.SEQ_GAP for e in effects)
+
+
+def test_seq_ceiling_reserves_a_block_only_when_the_batch_passes_it() -> None:
+    """One durable reservation covers SEQ_BLOCK Seqs; a batch larger than a block gets a
+    ceiling beyond its own end."""
+    assert seq_ceiling_for(0, PublisherState(NextSeq=1)) == 1 + SEQ_BLOCK
+    assert seq_ceiling_for(1 + SEQ_BLOCK, PublisherState(NextSeq=1 + SEQ_BLOCK)) is None
+    assert seq_ceiling_for(100, PublisherState(NextSeq=101)) == 101 + SEQ_BLOCK
+    big = PublisherState(NextSeq=5 * SEQ_BLOCK)
+    assert seq_ceiling_for(10, big) == 6 * SEQ_BLOCK
+
+
+def test_resume_never_goes_below_the_ceiling() -> None:
+    """After a restart the next Seq is the persisted ceiling, or NextSeq when it is higher
+    (data dirs from before Seq blocks have no ceiling)."""
+    assert resume_publisher(PublisherState(NextSeq=7), 1007).NextSeq == 1007
+    assert resume_publisher(PublisherState(NextSeq=7), 0).NextSeq == 7
+    assert resume_publisher(PublisherState(NextSeq=7), 7).NextSeq == 7
 
 
 def test_resync_request_reaches_the_other_exporter() -> None:

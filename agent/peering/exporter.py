@@ -3,17 +3,15 @@
 On start it reconciles the current exported view with what it last published (promise 5),
 republishing everything when the topic lost acknowledged records; then it follows the
 exported-changes feed of the agent core, sends heartbeats, and serves republish and
-key-rotation requests. Sequence numbers are reserved in SQLite before producing and the
-published fingerprints recorded only after the broker acknowledged, so a crash never reuses
-a Seq and never marks an unsent change as published.
+key-rotation requests. Sequence numbers are reserved in SQLite, a block at a time, before
+producing and the published fingerprints recorded only after the broker acknowledged, so a
+crash never reuses a Seq and never marks an unsent change as published.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import anyio
@@ -21,7 +19,7 @@ import msgspec
 
 from agent import kafka_client, metrics, reducer
 from agent.model import ServiceInstance
-from agent.peering.context import PeeringContext, kafka_label
+from agent.peering.context import PeeringContext, PeeringSignals, kafka_label
 from agent.peering.records import PeeringRecord
 from agent.peering_state import RecordSent
 from agent.store_peering import PublisherCursor
@@ -57,8 +55,14 @@ class Exporter:
         self.ctx = ctx
         self.record = record
         self.producer = producer
-        self.cursor = ctx.store.load_publisher(record.ID, record.ExportKeyring)
+        loaded = ctx.store.load_publisher(record.ID, record.ExportKeyring)
+        self.cursor = msgspec.structs.replace(
+            loaded, state=reducer.resume_publisher(loaded.state, loaded.seq_ceiling)
+        )
         self.last_send = 0.0
+        # True between a Seq reservation and the bookkeeping after its ack: records may be
+        # on their way to the broker, so the rest of the Seq block must stay reserved.
+        self.in_flight = False
 
     async def publish(
         self,
@@ -74,13 +78,20 @@ class Exporter:
             return
         store, record = self.ctx.store, self.record
         next_keyring = self.cursor.keyring if keyring is None else keyring
-        reserved = msgspec.structs.replace(
-            self.cursor,
-            state=reducer.seq_reservation(self.cursor.state, new_state),
-            keyring=next_keyring,
-        )
-        if events:
+        ceiling = reducer.seq_ceiling_for(self.cursor.seq_ceiling, new_state)
+        rekeyed = keyring is not None or new_state.Epoch != self.cursor.state.Epoch
+        if ceiling is not None:
+            self.cursor = msgspec.structs.replace(self.cursor, seq_ceiling=ceiling)
+        if events and (ceiling is not None or rekeyed):
+            # Durable before anything is produced: the Seq block, and the keyring a new
+            # epoch's records are sealed with. Between blocks no fsync is on the path.
+            reserved = msgspec.structs.replace(
+                self.cursor,
+                state=msgspec.structs.replace(self.cursor.state, Epoch=new_state.Epoch),
+                keyring=next_keyring,
+            )
             store.save_publisher(record.ID, reserved)
+        self.in_flight = bool(events)
         offsets = await kafka_client.send_batch(
             self.producer, record.export_topic, [encode_event(next_keyring, e) for e in events]
         )
@@ -97,9 +108,11 @@ class Exporter:
             keyring=next_keyring,
             feed_seq=self.cursor.feed_seq if feed_seq is None else feed_seq,
             acked_end=acked_end,
+            seq_ceiling=self.cursor.seq_ceiling,
         )
         # Not fsync'd: a power loss rolls back to the (durable) reservation; see save_publisher.
         store.save_publisher(record.ID, self.cursor, fingerprints, durable=False)
+        self.in_flight = False
         if events:
             now = self.ctx.clock()
             self.last_send = now
@@ -109,6 +122,15 @@ class Exporter:
             for kind, count in Counter(event_type(e) for e in events).items():
                 metrics.EVENTS_PUBLISHED.labels(peer=record.Name, type=kind).inc(count)
             self.ctx.tracker.feed(record.Name, RecordSent(now))
+
+    def release_unused_seqs(self) -> None:
+        """On a clean stop, give back the rest of the Seq block so the next start continues
+        without a gap (the peer would resync for nothing). Not while records may be in
+        flight: their Seqs must stay used."""
+        if self.in_flight or self.cursor.seq_ceiling <= self.cursor.state.NextSeq:
+            return
+        self.cursor = msgspec.structs.replace(self.cursor, seq_ceiling=self.cursor.state.NextSeq)
+        self.ctx.store.save_publisher(self.record.ID, self.cursor)
 
     async def start(self) -> None:
         """Reconcile after (re)start; republish all when the topic lost acked records."""
@@ -207,37 +229,37 @@ async def run_exporter(ctx: PeeringContext, name: str) -> None:
     signals = ctx.signals_for(name)
     async with kafka_client.producer(record.Kafka) as producer:
         exporter = Exporter(ctx, record, producer)
-        await exporter.start()
-        index = ctx.notifier.index
-        while True:
-            if signals.rotate.is_set():
-                signals.rotate = anyio.Event()
-                await exporter.rotate()
-            if signals.republish.is_set():
-                signals.republish = anyio.Event()
-                await exporter.republish("requested by the peer")
-            if signals.ask_peer_republish.is_set():
-                signals.ask_peer_republish = anyio.Event()
-                await exporter.request_resync("rebuilt imported set disagrees with the peer")
-            while await exporter.follow_feed():
-                pass
-            if ctx.clock() - exporter.last_send >= ctx.heartbeat_interval:
-                await exporter.heartbeat()
-            wait = max(0.0, ctx.heartbeat_interval - (ctx.clock() - exporter.last_send))
-            with anyio.move_on_after(wait):
-                await _first_of(partial(ctx.notifier.wait_beyond, index), signals.woken.wait)
-            if signals.woken.is_set():
-                signals.woken = anyio.Event()
-            index = ctx.notifier.index
+        try:
+            await _follow(ctx, exporter, signals)
+        finally:
+            exporter.release_unused_seqs()
 
 
-async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
-    """Return as soon as one of the waits completes; cancel the others."""
-    async with anyio.create_task_group() as group:
+async def _follow(ctx: PeeringContext, exporter: Exporter, signals: PeeringSignals) -> None:
+    """Serve requests and publish feed rows as they come; heartbeat when idle.
 
-        async def until(wait: Callable[[], Awaitable[object]]) -> None:
-            await wait()
-            group.cancel_scope.cancel()
-
-        for wait in waits:
-            group.start_soon(until, wait)
+    ``signals.woken`` is set by the store when this peer's feed grew (see
+    ``supervise``) and by requests: imports, heartbeats and changes exported only to other
+    peers leave this loop asleep. It is cleared before the feed is read, so a row committed
+    meanwhile sets it again and is picked up on the next round.
+    """
+    await exporter.start()
+    while True:
+        if signals.woken.is_set():
+            signals.woken = anyio.Event()
+        if signals.rotate.is_set():
+            signals.rotate = anyio.Event()
+            await exporter.rotate()
+        if signals.republish.is_set():
+            signals.republish = anyio.Event()
+            await exporter.republish("requested by the peer")
+        if signals.ask_peer_republish.is_set():
+            signals.ask_peer_republish = anyio.Event()
+            await exporter.request_resync("rebuilt imported set disagrees with the peer")
+        while await exporter.follow_feed():
+            pass
+        if ctx.clock() - exporter.last_send >= ctx.heartbeat_interval:
+            await exporter.heartbeat()
+        wait = max(0.0, ctx.heartbeat_interval - (ctx.clock() - exporter.last_send))
+        with anyio.move_on_after(wait):
+            await signals.woken.wait()

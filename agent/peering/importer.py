@@ -32,6 +32,8 @@ _HEARTBEAT = str(Heartbeat.__struct_config__.tag)
 # A rebuild that still disagrees with the peer asks it to republish, at most this often
 # (the mismatch is seen again on every heartbeat until the republish arrives).
 REPUBLISH_REQUEST_INTERVAL = 2.0
+# How often the imported-instance gauges are refreshed while the importer is behind.
+GAUGE_INTERVAL = 1.0
 
 
 class _Resync(Exception):
@@ -63,6 +65,7 @@ class Importer:
         self.record = record
         self.cursor = ctx.store.load_import(record.Name, record.ID, record.ImportKeyring)
         self.last_republish_request = float("-inf")
+        self.gauges_at = float("-inf")
 
     def apply_batch(self, batch: list[kafka_client.Record]) -> bool:
         """Fold and commit one poll; False when the peer terminated the peering."""
@@ -128,7 +131,15 @@ class Importer:
         if applied or heartbeat:
             metrics.LAST_RECEIVED.labels(peer=name).set(now)
             self.ctx.tracker.feed(name, RecordReceived(now, heartbeat=heartbeat))
-        self.update_gauges()
+
+    def refresh_gauges(self, *, caught_up: bool) -> None:
+        """The instance gauges, once caught up or at most every GAUGE_INTERVAL seconds while
+        behind: counting services walks the whole imported set (per poll, a 100k catch-up
+        spent more time counting than applying)."""
+        now = self.ctx.clock()
+        if caught_up or now - self.gauges_at >= GAUGE_INTERVAL:
+            self.gauges_at = now
+            self.update_gauges()
 
     def update_gauges(self) -> None:
         instances = self.cursor.state.Instances
@@ -217,5 +228,7 @@ async def run_importer(ctx: PeeringContext, name: str) -> None:
                     return
                 lag = max(0, batch.end_offset - (importer.cursor.state.LastOffset + 1))
                 metrics.CONSUMER_LAG.labels(peer=record.Name).set(lag)
+                if batch.records:
+                    importer.refresh_gauges(caught_up=lag == 0)
         except _Resync as resync:
             await importer.resync(resync.why)

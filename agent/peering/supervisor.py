@@ -24,6 +24,7 @@ from agent.peering.handshake_io import serve_bootstrap
 from agent.peering.importer import run_importer
 from agent.peering.records import STREAMING, PeeringRecord
 from agent.peering_state import Action, PeeringState, Tick, TopicsRemoved
+from agent.store import on_loop
 from agent.wire.keys import Direction
 
 log = logging.getLogger("agent.peering")
@@ -119,6 +120,23 @@ async def supervise(
     ctx: PeeringContext, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     runners: dict[str, _Runner] = {}
+
+    def wake_exporters(peers: frozenset[str]) -> None:
+        for peer in peers:
+            ctx.signals_for(peer).woken.set()
+
+    # Exporters sleep until their own peer's feed grows: waking all of them on every catalog
+    # change (imports, heartbeats, other peers' exports) cost each one a feed read.
+    ctx.store.set_on_feed(on_loop(wake_exporters))
+    try:
+        await _supervise(ctx, runners, task_status)
+    finally:
+        ctx.store.set_on_feed(None)
+
+
+async def _supervise(
+    ctx: PeeringContext, runners: dict[str, _Runner], task_status: anyio.abc.TaskStatus[None]
+) -> None:
     async with anyio.create_task_group() as group:
         group.start_soon(
             retry_forever,
