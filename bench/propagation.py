@@ -2,12 +2,18 @@
 
     .venv/bin/python bench/propagation.py [--changes 1000] [--json bench/results/propagation.json]
 
-Starts its own broker and two agent processes (east exports `bench` to west), then measures:
-- floor: a bare aiokafka produce -> consume round trip on the same broker (acks=all);
+Starts its own broker and two agent processes (east exports `bench` to west), then measures
+(the measurement code is bench/latency.py, shared with bench/suite.py):
 - establish: POST /v1/peering/establish until both sides report ACTIVE;
-- propagation: PUT /v1/agent/service/register on east until a blocking query on west
-  (`/v1/health/service/bench?peer=east&index=N`) returns the new value, one change at a time.
-Figures are medians and p99 over all samples; nothing here is asserted.
+- floor: a bare aiokafka produce -> consume round trip on the same broker (acks=all,
+  idempotent; a compacted topic with the stream's settings, a stream-sized record);
+- propagation: PUT /v1/agent/service/register on east until west's blocking query
+  (`/v1/health/service/bench?peer=east&index=N`, opened before the change) returns the new
+  value, one change at a time;
+- optionally (--polling N) the same change as seen by a client polling west without index.
+After a warm-up, floor and propagation samples alternate, each after the same short pause, so
+both are measured under the same conditions. Figures are medians and p99 over all samples;
+nothing here is asserted.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,47 +30,11 @@ from pathlib import Path
 
 import anyio
 import httpx
+import latency  # bench/ is on sys.path when a script here runs
 
-from agent import kafka_client
 from agent.devbroker import DevBroker, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "p50_ms": statistics.median(values) * 1000,
-        "p99_ms": percentile(values, 0.99) * 1000,
-        "max_ms": max(values) * 1000,
-    }
-
-
-async def floor_round_trip(bootstrap: str, samples: int) -> list[float]:
-    """Bare aiokafka: produce one record (acks=all) and wait until a consumer has it."""
-    topic = f"bench-floor-{int(time.time())}"
-    await kafka_client.create_topic(bootstrap, topic, compacted=False)
-    results: list[float] = []
-    async with kafka_client.producer(bootstrap) as producer:
-        batches = kafka_client.read_batches(
-            bootstrap, topic, stop_at_end=False, poll_interval=0.5
-        ).__aiter__()
-        await kafka_client.send(producer, topic, b"warm", b"up")
-        while not (await batches.__anext__()).records:
-            pass
-        for i in range(samples):
-            started = time.perf_counter()
-            await kafka_client.send(producer, topic, b"k", b"%d" % i)
-            while not (await batches.__anext__()).records:
-                pass
-            results.append(time.perf_counter() - started)
-        await batches.aclose()  # type: ignore[attr-defined]
-    return results
 
 
 class Agent:
@@ -113,40 +82,24 @@ def establish(east: Agent, west: Agent) -> float:
     return time.perf_counter() - started
 
 
-async def propagation(east: Agent, west: Agent, changes: int) -> list[float]:
-    results: list[float] = []
-    async with httpx.AsyncClient(timeout=30) as client:
-        config = {
-            "Kind": "exported-services",
-            "Name": "default",
-            "Services": [{"Name": "bench", "Consumers": [{"Peer": "west"}]}],
-        }
-        (await client.put(f"{east.url}/v1/config", json=config)).raise_for_status()
-        url = f"{west.url}/v1/health/service/bench"
-        for i in range(changes):
-            port = 10000 + i
-            first = await client.get(url, params={"peer": "east"})
-            index = first.headers["X-Consul-Index"]
-            started = time.perf_counter()
-            body = {"ID": "bench-1", "Name": "bench", "Address": "10.1.1.1", "Port": port}
-            (
-                await client.put(f"{east.url}/v1/agent/service/register", json=body)
-            ).raise_for_status()
-            while True:
-                answer = await client.get(
-                    url, params={"peer": "east", "index": index, "wait": "10s"}
-                )
-                index = answer.headers["X-Consul-Index"]
-                if any(e["Service"]["Port"] == port for e in answer.json()):
-                    break
-            results.append(time.perf_counter() - started)
-    return results
+def export(east: Agent, consumer: str) -> None:
+    config = {
+        "Kind": "exported-services",
+        "Name": "default",
+        "Services": [{"Name": latency.SERVICE, "Consumers": [{"Peer": consumer}]}],
+    }
+    httpx.put(f"{east.url}/v1/config", json=config, timeout=30).raise_for_status()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--changes", type=int, default=1000)
-    parser.add_argument("--floor-samples", type=int, default=500)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--changes", type=int, default=1000, help="measured changes")
+    parser.add_argument("--warm-floor", type=int, default=latency.WARM_FLOOR,
+                        help="unmeasured floor round trips first")  # fmt: skip
+    parser.add_argument("--warm-changes", type=int, default=latency.WARM_CHANGES,
+                        help="unmeasured changes first")  # fmt: skip
+    parser.add_argument("--polling", type=int, default=100,
+                        help="changes seen by a polling client (0: none)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,27 +109,46 @@ def main() -> None:
         broker.wait_ready()
         agents: list[Agent] = []
         try:
-            floor = anyio.run(floor_round_trip, broker.bootstrap, args.floor_samples)
             east = Agent("east", broker.bootstrap, work)
             agents.append(east)
             west = Agent("west", broker.bootstrap, work)
             agents.append(west)
-            establish_seconds = [establish(east, west)]
-            samples = anyio.run(propagation, east, west, args.changes)
+            establish_seconds = establish(east, west)
+            export(east, "west")
+            samples = anyio.run(
+                lambda: latency.measure(
+                    broker.bootstrap, east.url, [(west.url, "east")], args.changes,
+                    warm_floor=args.warm_floor, warm_changes=args.warm_changes,
+                    polling=args.polling,
+                )
+            )  # fmt: skip
         finally:
             for agent in agents:
                 agent.stop()
             broker.stop()
+    figures = samples.report()
     report = {
-        "floor_round_trip": summary(floor),
-        "establish_seconds": establish_seconds[0],
-        "propagation_register_to_blocking_query": summary(samples),
+        "floor_round_trip": figures["floor"],
+        "establish_seconds": round(establish_seconds, 3),
+        "propagation_register_to_blocking_query": figures["propagation"],
+        "ratio_p50_to_floor": figures["ratio_p50_to_floor"],
+        "register_put": figures["register"],
+        "method": {
+            "warm_floor": args.warm_floor,
+            "warm_changes": args.warm_changes,
+            "pause_s": latency.pause_for(1),
+            "interleaved": True,
+            "client": "aiohttp",
+        },
     }
-    report["ratio_p50_to_floor"] = (
-        report["propagation_register_to_blocking_query"]["p50_ms"]
-        / report["floor_round_trip"]["p50_ms"]
-    )
+    if "propagation_polling" in figures:
+        report["propagation_polling"] = figures["propagation_polling"]
     print(json.dumps(report, indent=2))
+    floor, prop = report["floor_round_trip"], report["propagation_register_to_blocking_query"]
+    print(
+        f"floor p50 {floor['p50_ms']} ms p99 {floor['p99_ms']} ms; propagation p50"
+        f" {prop['p50_ms']} ms p99 {prop['p99_ms']} ms; {report['ratio_p50_to_floor']}x floor"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

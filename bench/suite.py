@@ -3,20 +3,24 @@
     .venv/bin/python bench/suite.py [--quick] [--json bench/results/suite.json]
 
 Figures (medians; p99 where it is a latency; nothing is asserted):
-- floor: bare aiokafka produce (acks=all) -> consume round trip on the same broker;
+- floor: bare aiokafka produce (acks=all, idempotent) -> consume round trip on the same
+  broker, a stream-sized record on a compacted topic with the stream's settings;
 - establish: token -> both sides ACTIVE;
-- propagation: register on east -> visible through west's blocking query, p50/p99 and the
-  ratio of its p50 to the floor's;
+- propagation: register on east -> visible through west's blocking query (opened before the
+  change, as a watcher has it), p50/p99 and the ratio of its p50 to the floor's; also the
+  register PUT alone and the change as a polling client sees it. After a warm-up, floor and
+  propagation samples alternate, each after the same pause, so both run under the same
+  conditions (bench/latency.py, shared with bench/propagation.py; aiohttp as the client);
 - throughput: a services file of N instances (N/10 services x 10) loaded on east until west
   imported all N; end to end (file load included) and on the stream alone (from west's first
   imported instance to its last); then every instance changed once (N updates);
 - CPU per event of encode + encrypt + decrypt + decode + apply in one process (no Kafka);
 - cold import: west restarted with its imported set and stream cursor erased, catching up on
   the stream of N instances: seconds from process start and peak RSS (VmHWM) of the process;
-- fan-out: east exports to P peerings and a change is visible through all P, p50/p99 over
-  (change, peer). The P importers all live in ONE west agent process (P dialer agents on
-  two cores would measure the scheduler), so this loads the receiving side P times more
-  than a real deployment, where each peer is its own cluster;
+- fan-out: east exports to P peerings and a change is visible through all P blocking
+  queries (all opened before the change), p50/p99 over (change, peer), with a floor
+  measured alongside. Each peer is its own dialer agent process (a token names the
+  dialer's cluster), all of them on the same two cores;
 - quiet peerings: CPU of both agents and heartbeat bytes/s (record key + value, without
   Kafka framing) with P idle peerings at the default 5 s heartbeat interval.
 """
@@ -24,6 +28,7 @@ Figures (medians; p99 where it is a latency; nothing is asserted):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -46,7 +51,7 @@ from agent.wire.envelope import encode_event
 from agent.wire.events import Heartbeat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from propagation import floor_round_trip, percentile
+import latency
 
 REPO = Path(__file__).resolve().parents[1]
 BEGAN = time.perf_counter()
@@ -57,6 +62,10 @@ def progress(message: str) -> None:
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Fan-out rounds come after the rest (broker and client warm): a shorter warm-up, enough to
+# warm the peer agents that join the round.
+FANOUT_WARM_FLOOR = 50
+FANOUT_WARM_CHANGES = 10
 
 
 class Agent:
@@ -119,15 +128,6 @@ class Agent:
         return total
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "p50_ms": round(statistics.median(values) * 1000, 2),
-        "p99_ms": round(percentile(values, 0.99) * 1000, 2),
-        "max_ms": round(max(values) * 1000, 2),
-    }
-
-
 def state(agent: Agent, peer: str) -> str:
     answer = httpx.get(f"{agent.url}/v1/peering/{peer}", timeout=10)
     return str(answer.json().get("State")) if answer.status_code == 200 else "-"
@@ -160,39 +160,6 @@ def export(agent: Agent, service: str, consumers: list[str]) -> None:
         "Services": [{"Name": service, "Consumers": [{"Peer": p} for p in consumers]}],
     }
     httpx.put(f"{agent.url}/v1/config", json=config, timeout=30).raise_for_status()
-
-
-async def propagation(east: Agent, targets: list[tuple[Agent, str]], changes: int) -> list[float]:
-    """Register on east; wait until each (agent, peer) target shows it (blocking queries)."""
-    results: list[float] = []
-    limits = httpx.Limits(max_connections=len(targets) + 4)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-
-        async def visible(target: tuple[Agent, str], port: int, index: str) -> None:
-            agent, peer = target
-            url = f"{agent.url}/v1/health/service/bench"
-            while True:
-                answer = await client.get(url, params={"peer": peer, "index": index, "wait": "10s"})
-                index = answer.headers["X-Consul-Index"]
-                if any(e["Service"]["Port"] == port for e in answer.json()):
-                    results.append(time.perf_counter() - started[0])
-                    return
-
-        for i in range(changes):
-            port = 10000 + i
-            body = {"ID": "bench-1", "Name": "bench", "Address": "10.1.1.1", "Port": port}
-            indexes = []
-            for agent, peer in targets:
-                url = f"{agent.url}/v1/health/service/bench"
-                answer = await client.get(url, params={"peer": peer})
-                indexes.append(answer.headers["X-Consul-Index"])
-            started = [time.perf_counter()]
-            async with anyio.create_task_group() as group:
-                put = client.put(f"{east.url}/v1/agent/service/register", json=body)
-                (await put).raise_for_status()
-                for target, index in zip(targets, indexes, strict=True):
-                    group.start_soon(visible, target, port, index)
-    return results
 
 
 def services_file(path: Path, count: int, port: int) -> None:
@@ -333,11 +300,25 @@ def fanout_round(
             establish_times.append(establish(east, wests[-1], f"w{k}", "fan-east"))
         report["establish_seconds_fanout_median"] = round(statistics.median(establish_times), 3)
         for peers in peer_counts:
-            export(east, "bench", [f"w{k}" for k in range(peers)])
+            export(east, latency.SERVICE, [f"w{k}" for k in range(peers)])
             time.sleep(1)
-            targets = [(west, "fan-east") for west in wests[:peers]]
-            samples = anyio.run(propagation, east, targets, changes)
-            report["fanout"].append({"peers": peers, **summary(samples)})
+            targets = [(west.url, "fan-east") for west in wests[:peers]]
+            measure = functools.partial(
+                latency.measure, bootstrap, east.url, targets, changes,
+                warm_floor=FANOUT_WARM_FLOOR, warm_changes=FANOUT_WARM_CHANGES,
+            )  # fmt: skip
+            samples = anyio.run(measure)
+            figures = samples.report()
+            floor = figures["floor"]
+            report["fanout"].append(
+                {
+                    "peers": peers,
+                    **figures["propagation"],
+                    "floor_p50_ms": floor["p50_ms"],
+                    "floor_p99_ms": floor["p99_ms"],
+                    "register_p50_ms": figures["register"]["p50_ms"],
+                }
+            )
         time.sleep(6)  # let the last changes and heartbeats settle
         cpu = (east.cpu_seconds(), sum(w.cpu_seconds() for w in wests))
         beats = sum(east.metric("peering_events_published_total", f"w{k}") for k in range(most))
@@ -394,6 +375,14 @@ def table(report: dict[str, Any]) -> str:
         ("propagation (register -> west blocking query)",
          f"p50 {prop['p50_ms']} ms, p99 {prop['p99_ms']} ms, {ratio:.1f}x floor",
          "p50 <= 2x floor, p99 < 50 ms"),
+        ("  of which the register PUT on east",
+         f"p50 {report['register']['p50_ms']} ms, p99 {report['register']['p99_ms']} ms", ""),
+    ]  # fmt: skip
+    if "propagation_polling" in report:
+        poll = report["propagation_polling"]
+        rows.append(("propagation (register -> west polled, no index)",
+                     f"p50 {poll['p50_ms']} ms, p99 {poll['p99_ms']} ms", ""))  # fmt: skip
+    rows += [
         ("establish (token -> both ACTIVE)", f"{report['establish_seconds']:.2f} s", ""),
         ("CPU per event (encode+encrypt+decrypt+decode+apply)",
          f"{report['codec']['total_us']} us", ""),
@@ -410,6 +399,8 @@ def table(report: dict[str, Any]) -> str:
     for fan in report["fanout"]:
         target = "p99 < 250 ms" if fan["peers"] >= 50 else ""
         figure = f"p50 {fan['p50_ms']} ms, p99 {fan['p99_ms']} ms"
+        if "floor_p50_ms" in fan:
+            figure += f" (floor p50 {fan['floor_p50_ms']} ms)"
         rows.append((f"fan-out to {fan['peers']} peers", figure, target))
     if "quiet" in report:
         q = report["quiet"]
@@ -437,6 +428,7 @@ def main() -> None:
     sizes = [1_000, 10_000] if args.quick else [int(n) for n in args.sizes.split(",")]
     peer_counts = [1, 5] if args.quick else [int(n) for n in args.peers.split(",")]
     changes = 50 if args.quick else 300
+    polling = 20 if args.quick else 100
     fan_changes = 20 if args.quick else 60
     report: dict[str, Any] = {
         "machine": {"nproc": os.cpu_count(), "python": sys.version.split()[0]},
@@ -449,23 +441,35 @@ def main() -> None:
         broker.start()
         broker.wait_ready()
         try:
-            progress("floor")
-            floor = anyio.run(floor_round_trip, broker.bootstrap, changes)
-            report["floor"] = summary(floor)
             east = Agent("east", broker.bootstrap, work)
             west = Agent("west", broker.bootstrap, work)
             try:
-                progress("establish + propagation")
+                progress("establish")
                 report["establish_seconds"] = round(establish(east, west, "west", "east"), 3)
-                export(east, "bench", ["west"])
-                samples = anyio.run(propagation, east, [(west, "east")], changes)
+                export(east, latency.SERVICE, ["west"])
+                progress("floor + propagation (warm-up, then interleaved)")
+                samples = anyio.run(
+                    lambda: latency.measure(
+                        broker.bootstrap, east.url, [(west.url, "east")], changes,
+                        polling=polling,
+                    )
+                )  # fmt: skip
             finally:
                 east.stop()
                 west.stop()
-            report["propagation"] = summary(samples)
-            report["ratio_p50_to_floor"] = round(
-                report["propagation"]["p50_ms"] / report["floor"]["p50_ms"], 2
-            )
+            # floor, propagation, ratio_p50_to_floor, register, propagation_polling
+            report.update(samples.report())
+            report["latency_method"] = {
+                "client": "aiohttp",
+                "warm_floor": latency.WARM_FLOOR,
+                "warm_changes": latency.WARM_CHANGES,
+                "fanout_warm_floor": FANOUT_WARM_FLOOR,
+                "fanout_warm_changes": FANOUT_WARM_CHANGES,
+                "pause_s": latency.PAUSE,
+                "pause_per_target_s": latency.PAUSE_PER_TARGET,
+                "interleaved": True,
+                "watcher_first": True,
+            }
             progress("codec")
             report["codec"] = codec_cost(20_000)
             for count in sizes:

@@ -1,0 +1,274 @@
+"""Floor and propagation latency, measured side by side; shared by propagation.py and suite.py.
+
+- floor: bare aiokafka through ``agent.kafka_client`` (the idempotent acks=all producer, a
+  ``read_batches`` consumer on the same broker): one record produced until the consumer has
+  it. The topic is compacted with the stream's own settings (``agent.topics.STREAM_CONFIG``)
+  and the record is the size of a stream record (32-byte key, ~330-byte encrypted value), so
+  the floor runs with the same broker settings as the peering stream. The producer and the
+  consumer stay open for the whole run.
+- propagation, as a watcher sees it: for each change, first a blocking query is open on every
+  target (``GET /v1/health/service/bench?peer=P&index=N&wait=10s``, N from a non-blocking GET
+  just before), then — after a short pause, so the queries have reached the servers — the
+  clock starts and ``PUT /v1/agent/service/register`` goes to the exporting agent; a sample is
+  the time until a target's blocking query returns a body where the instance has the new port
+  (the query is re-issued with the new X-Consul-Index if it returned without it).
+- polling (optional): the same change, seen by a client that re-reads
+  ``/v1/health/service/bench?peer=P`` without ``index`` back to back until the port shows.
+
+Conditions are the same for both figures: a warm-up (unmeasured floor round trips, then
+unmeasured changes) so the broker's JIT and both agents are warm, then for each sample one
+floor round trip and one change, each after the same pause.
+
+The latency-critical requests use aiohttp, one session per run: the client's own cost per
+request is a fraction of httpx's (GET /v1/status/leader: httpx ~0.97 ms, aiohttp ~0.23 ms,
+raw socket ~0.15 ms), which matters when the path has 2-3 requests and a fan-out has 50
+watchers. Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import time
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import aiohttp
+import anyio
+
+from agent import kafka_client, topics
+from agent.kafka_client import Batch
+
+# (base URL of the agent that imports, the name under which it knows the exporting peer)
+Target = tuple[str, str]
+
+SERVICE = "bench"
+FLOOR_KEY_BYTES = 32
+FLOOR_VALUE_BYTES = 330
+WARM_FLOOR = 200
+WARM_CHANGES = 30
+PAUSE = 0.02
+PAUSE_PER_TARGET = 0.001
+
+# Every change gets a port no earlier change of this process had, so a watcher never
+# mistakes an old value for the new one (and a fan-out round never starts on the port the
+# previous round ended with).
+_ports = itertools.cycle(range(10_000, 60_000))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """n, p50/p99/max in milliseconds (values in seconds)."""
+    return {
+        "n": len(values),
+        "p50_ms": round(statistics.median(values) * 1000, 2),
+        "p99_ms": round(percentile(values, 0.99) * 1000, 2),
+        "max_ms": round(max(values) * 1000, 2),
+    }
+
+
+def pause_for(targets: int) -> float:
+    """The pause before each sample: time for ``targets`` blocking queries to reach servers."""
+    return PAUSE + PAUSE_PER_TARGET * targets
+
+
+class Floor:
+    """Produce one record, wait until the consumer has it; producer and consumer stay open."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = f"bench-floor-{os.getpid()}-{time.time_ns()}"
+        self.key = os.urandom(FLOOR_KEY_BYTES)
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Floor:
+        await kafka_client.create_topic(
+            self.bootstrap, self.topic, compacted=True, configs=dict(topics.STREAM_CONFIG)
+        )
+        async with AsyncExitStack() as stack:
+            self._producer = await stack.enter_async_context(kafka_client.producer(self.bootstrap))
+            batches = cast(
+                AsyncGenerator[Batch, None],
+                kafka_client.read_batches(
+                    self.bootstrap, self.topic, stop_at_end=False, poll_interval=0.5
+                ),
+            )
+            stack.push_async_callback(batches.aclose)
+            self._batches = batches
+            await self.round_trip()  # the consumer is assigned and has fetched once
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def round_trip(self) -> float:
+        value = os.urandom(FLOOR_VALUE_BYTES)
+        started = time.perf_counter()
+        await kafka_client.send(self._producer, self.topic, self.key, value)
+        while not any(record.value == value for record in (await anext(self._batches)).records):
+            pass
+        return time.perf_counter() - started
+
+
+def session() -> aiohttp.ClientSession:
+    """One session per run; no connection limit, so every watcher has its own connection."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=30),
+    )
+
+
+def _health_url(target: Target) -> str:
+    url, peer = target
+    return f"{url}/v1/health/service/{SERVICE}?peer={peer}"
+
+
+def _has_port(entries: list[dict[str, Any]], port: int) -> bool:
+    return any(entry["Service"]["Port"] == port for entry in entries)
+
+
+async def _index(client: aiohttp.ClientSession, target: Target) -> str:
+    async with client.get(_health_url(target)) as answer:
+        answer.raise_for_status()
+        await answer.read()
+        return answer.headers["X-Consul-Index"]
+
+
+async def _register(client: aiohttp.ClientSession, exporter: str, port: int) -> None:
+    body = {"ID": f"{SERVICE}-1", "Name": SERVICE, "Address": "10.1.1.1", "Port": port}
+    async with client.put(f"{exporter}/v1/agent/service/register", json=body) as answer:
+        answer.raise_for_status()
+        await answer.read()
+
+
+@dataclass
+class Change:
+    """One change: seconds from the register PUT to each target seeing it, and the PUT's own."""
+
+    visible: list[float]
+    register: float
+
+
+async def watched_change(
+    client: aiohttp.ClientSession, exporter: str, targets: Sequence[Target], pause: float
+) -> Change:
+    """Blocking queries open on every target first, then the register on the exporter."""
+    port = next(_ports)
+    indexes = [await _index(client, target) for target in targets]
+    seen = [float("nan")] * len(targets)
+
+    async def watch(k: int, index: str) -> None:
+        base = _health_url(targets[k])
+        while True:
+            async with client.get(f"{base}&index={index}&wait=10s") as answer:
+                answer.raise_for_status()
+                entries = await answer.json()
+                index = answer.headers["X-Consul-Index"]
+            if _has_port(entries, port):
+                seen[k] = time.perf_counter()
+                return
+
+    async with anyio.create_task_group() as group:
+        for k, index in enumerate(indexes):
+            group.start_soon(watch, k, index)
+        await anyio.sleep(pause)
+        started = time.perf_counter()
+        await _register(client, exporter, port)
+        registered = time.perf_counter() - started
+    return Change([t - started for t in seen], registered)
+
+
+async def polled_change(
+    client: aiohttp.ClientSession, exporter: str, targets: Sequence[Target]
+) -> list[float]:
+    """The register on the exporter, then each target re-read without ``index`` until it shows."""
+    port = next(_ports)
+    seen = [float("nan")] * len(targets)
+
+    async def poll(k: int) -> None:
+        url = _health_url(targets[k])
+        while True:
+            async with client.get(url) as answer:
+                answer.raise_for_status()
+                entries = await answer.json()
+            if _has_port(entries, port):
+                seen[k] = time.perf_counter()
+                return
+
+    started = time.perf_counter()
+    await _register(client, exporter, port)
+    async with anyio.create_task_group() as group:
+        for k in range(len(targets)):
+            group.start_soon(poll, k)
+    return [t - started for t in seen]
+
+
+@dataclass
+class Samples:
+    """Seconds. ``propagation`` has one sample per (change, target)."""
+
+    floor: list[float] = field(default_factory=list)
+    propagation: list[float] = field(default_factory=list)
+    register: list[float] = field(default_factory=list)
+    polling: list[float] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        """The figures under the report keys (``ratio_p50_to_floor`` when there is a floor)."""
+        out: dict[str, Any] = {
+            "propagation": summary(self.propagation),
+            "register": summary(self.register),
+        }
+        if self.floor:
+            out["floor"] = summary(self.floor)
+            out["ratio_p50_to_floor"] = round(
+                out["propagation"]["p50_ms"] / out["floor"]["p50_ms"], 2
+            )
+        if self.polling:
+            out["propagation_polling"] = summary(self.polling)
+        return out
+
+
+async def measure(
+    bootstrap: str | None,
+    exporter: str,
+    targets: Sequence[Target],
+    samples: int,
+    *,
+    warm_floor: int = WARM_FLOOR,
+    warm_changes: int = WARM_CHANGES,
+    polling: int = 0,
+) -> Samples:
+    """Warm up, then ``samples`` times: pause, floor round trip; pause, watched change.
+
+    Without ``bootstrap`` no floor is measured. ``polling`` changes (seen by polling clients)
+    follow the interleaved ones.
+    """
+    pause = pause_for(len(targets))
+    out = Samples()
+    async with AsyncExitStack() as stack:
+        floor = await stack.enter_async_context(Floor(bootstrap)) if bootstrap else None
+        client = await stack.enter_async_context(session())
+        if floor is not None:
+            for _ in range(warm_floor):
+                await floor.round_trip()
+        for _ in range(warm_changes):
+            await watched_change(client, exporter, targets, pause)
+        for _ in range(samples):
+            if floor is not None:
+                await anyio.sleep(pause)
+                out.floor.append(await floor.round_trip())
+            change = await watched_change(client, exporter, targets, pause)
+            out.propagation += change.visible
+            out.register.append(change.register)
+        for _ in range(polling):
+            await anyio.sleep(pause)
+            out.polling += await polled_change(client, exporter, targets)
+    return out
