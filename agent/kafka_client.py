@@ -201,6 +201,12 @@ async def list_topics(kafka: KafkaSettings | str) -> list[str]:
     return topics
 
 
+# Records per produce request to one partition: aiokafka keeps one request in flight per
+# broker and puts one batch per partition in it, so its 16 KiB default capped a burst at ~40
+# stream records per round trip. Well under the stream topics' max.message.bytes (1 MiB).
+MAX_BATCH_BYTES = 512 * 1024
+
+
 @asynccontextmanager
 async def producer(
     kafka: KafkaSettings | str, *, linger_ms: int = 0
@@ -211,6 +217,7 @@ async def producer(
         acks="all",
         enable_idempotence=True,
         linger_ms=linger_ms,
+        max_batch_size=MAX_BATCH_BYTES,
     )
     await client.start()
     try:

@@ -32,8 +32,6 @@ _HEARTBEAT = str(Heartbeat.__struct_config__.tag)
 # A rebuild that still disagrees with the peer asks it to republish, at most this often
 # (the mismatch is seen again on every heartbeat until the republish arrives).
 REPUBLISH_REQUEST_INTERVAL = 2.0
-# How often the imported-instance gauges are refreshed while the importer is behind.
-GAUGE_INTERVAL = 1.0
 
 
 class _Resync(Exception):
@@ -44,18 +42,14 @@ class _Resync(Exception):
         self.why = why
 
 
-def _store_changes(
-    effects: list[tuple[int, list[reducer.Effect]]], instances: dict[str, ServiceInstance]
-) -> tuple[list[ServiceInstance], list[str]]:
-    """Net changes of one batch: the final instance of each touched key, or its removal."""
+def _touched_keys(effects: list[tuple[int, list[reducer.Effect]]]) -> list[str]:
+    """The instance keys one batch upserted or removed, each once, sorted."""
     touched: set[str] = set()
     for _offset, record_effects in effects:
         for effect in record_effects:
             if isinstance(effect, reducer.Upserted | reducer.Removed):
                 touched.add(effect.key)
-    upserts = [instances[k] for k in sorted(touched) if k in instances]
-    removed = [k for k in sorted(touched) if k not in instances]
-    return upserts, removed
+    return sorted(touched)
 
 
 class Importer:
@@ -65,7 +59,9 @@ class Importer:
         self.record = record
         self.cursor = ctx.store.load_import(record.Name, record.ID, record.ImportKeyring)
         self.last_republish_request = float("-inf")
-        self.gauges_at = float("-inf")
+        # Instances per imported service, kept up to date batch by batch: recounting walked
+        # the whole imported set per poll (at 100k instances, more time than applying).
+        self.per_service = Counter(i.Name for i in self.cursor.state.Instances.values())
 
     def apply_batch(self, batch: list[kafka_client.Record]) -> bool:
         """Fold and commit one poll; False when the peer terminated the peering."""
@@ -89,7 +85,15 @@ class Importer:
         )
         if resync is not None:
             raise _Resync(resync)
-        upserts, removed = _store_changes(ingested.effects, ingested.state.Instances)
+        # Net changes of the batch: the final instance of each touched key, or its removal.
+        touched = _touched_keys(ingested.effects)
+        before, after = self.cursor.state.Instances, ingested.state.Instances
+        upserts = [after[k] for k in touched if k in after]
+        removed = [k for k in touched if k not in after]
+        for key in touched:
+            self._count_out(before.get(key))
+            if key in after:
+                self.per_service[after[key].Name] += 1
         self.cursor = ImportCursor(state=ingested.state, keyring=ingested.keyring)
         ctx.store.commit_import(record.Name, record.ID, self.cursor, upserts, removed)
         self._observe(ingested, now)
@@ -132,20 +136,17 @@ class Importer:
             metrics.LAST_RECEIVED.labels(peer=name).set(now)
             self.ctx.tracker.feed(name, RecordReceived(now, heartbeat=heartbeat))
 
-    def refresh_gauges(self, *, caught_up: bool) -> None:
-        """The instance gauges, once caught up or at most every GAUGE_INTERVAL seconds while
-        behind: counting services walks the whole imported set (per poll, a 100k catch-up
-        spent more time counting than applying)."""
-        now = self.ctx.clock()
-        if caught_up or now - self.gauges_at >= GAUGE_INTERVAL:
-            self.gauges_at = now
-            self.update_gauges()
+    def _count_out(self, instance: ServiceInstance | None) -> None:
+        if instance is None:
+            return
+        self.per_service[instance.Name] -= 1
+        if self.per_service[instance.Name] <= 0:
+            del self.per_service[instance.Name]
 
     def update_gauges(self) -> None:
-        instances = self.cursor.state.Instances
         name = self.record.Name
-        metrics.IMPORTED_INSTANCES.labels(peer=name).set(len(instances))
-        metrics.IMPORTED_SERVICES.labels(peer=name).set(len({i.Name for i in instances.values()}))
+        metrics.IMPORTED_INSTANCES.labels(peer=name).set(len(self.cursor.state.Instances))
+        metrics.IMPORTED_SERVICES.labels(peer=name).set(len(self.per_service))
 
     async def resync(self, why: reducer.ResyncRequired) -> None:
         """Rebuild the imported set from the whole topic and swap it in atomically."""
@@ -173,6 +174,7 @@ class Importer:
             LastOffset=records[-1][0] if records else -1,
         )
         self.cursor = ImportCursor(state=state, keyring=keyring)
+        self.per_service = Counter(i.Name for i in state.Instances.values())
         self.ctx.store.commit_import(
             record.Name, record.ID, self.cursor, state.Instances.values(), (), replace_all=True
         )
@@ -229,6 +231,6 @@ async def run_importer(ctx: PeeringContext, name: str) -> None:
                 lag = max(0, batch.end_offset - (importer.cursor.state.LastOffset + 1))
                 metrics.CONSUMER_LAG.labels(peer=record.Name).set(lag)
                 if batch.records:
-                    importer.refresh_gauges(caught_up=lag == 0)
+                    importer.update_gauges()
         except _Resync as resync:
             await importer.resync(resync.why)
