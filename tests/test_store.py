@@ -192,6 +192,45 @@ def test_sync_file_services(store: Store) -> None:
     assert store.instance("web-2") == web("web-2", port=99)
 
 
+def test_sync_refuses_one_check_id_twice_and_stores_nothing(store: Store) -> None:
+    """Two instances of one file claiming a check id: refused whole, earlier state kept."""
+    store.sync_file_services([web("web-1")])
+    twin = ServiceInstance("web-2", "web", Checks=(HealthCheck("shared", "x"),))
+    also = ServiceInstance("web-3", "web", Checks=(HealthCheck("shared", "x"),))
+    with pytest.raises(StoreError, match="'shared' already belongs to service 'web-2'"):
+        store.sync_file_services([web("web-1", port=81), twin, also])
+    assert [i.ID for i in store.instances()] == ["web-1"]
+    assert store.instance("web-1") == web("web-1")
+
+
+@pytest.mark.parametrize("order", ["giver first", "taker first"])
+def test_sync_moves_a_check_between_instances_in_any_order(store: Store, order: str) -> None:
+    """A check id handed from one instance to another in one file is no conflict, whichever
+    comes first in the file."""
+    check = HealthCheck("handed", "x")
+    store.sync_file_services(
+        [ServiceInstance("a", "web", Checks=(check,)), ServiceInstance("b", "web")]
+    )
+    giver, taker = ServiceInstance("a", "web"), ServiceInstance("b", "web", Checks=(check,))
+    store.sync_file_services([giver, taker] if order == "giver first" else [taker, giver])
+    assert store.instance("a") == giver
+    assert store.instance("b") == taker
+
+
+def test_sync_of_many_services_feeds_every_change_once(store: Store) -> None:
+    """A file touching more services than the one-pass threshold still appends exactly one
+    feed row per exported change, and none for unchanged instances."""
+    store.set_exported_services(export(("*", ["beta"])))
+    many = [web(f"s{n}-1", name=f"s{n}") for n in range(400)]
+    store.sync_file_services(many)
+    assert len(store.exported_changes("beta", limit=10_000)) == 400
+    last = store.last_exported_seq("beta")
+    changed = [web("s7-1", name="s7", port=8080), *many[:7], *many[8:]]
+    store.sync_file_services(changed)
+    rows = store.exported_changes("beta", after_seq=last, limit=10_000)
+    assert [(r.Key, r.Instance.Port if r.Instance else None) for r in rows] == [("s7-1", 8080)]
+
+
 def test_imported_catalog_is_separate(store: Store) -> None:
     """Imported instances are per peer, never mixed with local ones, with a stale flag."""
     store.register(web())
