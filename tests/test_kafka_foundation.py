@@ -43,6 +43,35 @@ def test_produce_consume_round_trip(kafka: DevBroker, topic_name: Callable[[str]
     ]
 
 
+def test_send_batch_spans_several_record_batches_in_order(
+    kafka: DevBroker, topic_name: Callable[[str], str]
+) -> None:
+    """A burst larger than one record batch (MAX_BATCH_BYTES) is split into several; every
+    record gets its own offset, in order, and reads back unchanged. A one-record batch after
+    it continues the offsets; an empty one sends nothing."""
+    topic = topic_name("burst")
+    value = os.urandom(300)
+    count = 3 * kafka_client.MAX_BATCH_BYTES // len(value)
+    records: list[tuple[bytes | None, bytes]] = [
+        (f"k{i}".encode(), value + i.to_bytes(4, "big")) for i in range(count)
+    ]
+
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        assert await kafka_client.create_topic(kafka.bootstrap, topic, compacted=False)
+        async with kafka_client.producer(kafka.bootstrap) as producer:
+            burst = await kafka_client.send_batch(producer, topic, records)
+            single = await kafka_client.send_batch(producer, topic, [(None, b"last")])
+            empty = await kafka_client.send_batch(producer, topic, [])
+        return burst, single, empty
+
+    burst, single, empty = anyio.run(scenario)
+    assert burst == list(range(count))
+    assert single == [count]
+    assert empty == []
+    read = anyio.run(_read_all, kafka.bootstrap, topic)
+    assert [(r.key, r.value) for r in read] == [*records, (None, b"last")]
+
+
 def test_compacted_topic_config_reads_back(
     kafka: DevBroker, topic_name: Callable[[str], str]
 ) -> None:
