@@ -343,8 +343,14 @@ class Api:
         self.notifier = notifier
         self.config = config
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        # Store calls may fsync; keep them off the event loop.
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store write in a worker thread: it fsyncs (``synchronous=FULL``), and the
+        loop keeps serving meanwhile.
+
+        Reads are plain calls on the loop: WAL readers never wait for the writer, their
+        work is Python decoding that holds the GIL in a thread too, and the hop to a
+        worker and back cost more than a small read (about 0.6 ms of every blocking-query
+        answer on a busy 2-core machine)."""
         return await anyio.to_thread.run_sync(fn, *args)
 
     # --- query parameters ---
@@ -441,7 +447,7 @@ class Api:
         self.common_params(request)
         peer = self.peer_param(request)
         await self.block(request)
-        index, rows = await self.call(self._read_instances, peer, None)
+        index, rows = self._read_instances(peer, None)
         return json_response(catalog.service_tags(r.Instance for r in rows), index=index)
 
     def _service_name(self, request: Request) -> str:
@@ -456,7 +462,7 @@ class Api:
         peer = self.peer_param(request)
         tag = request.query_params.get("tag")
         await self.block(request)
-        index, rows = await self.call(self._read_instances, peer, name)
+        index, rows = self._read_instances(peer, name)
         entries = []
         for row in rows:
             inst = row.Instance
@@ -494,7 +500,7 @@ class Api:
         # Consul treats a bare ``?passing`` as true.
         passing = request.query_params.get("passing", "false").lower() not in ("false", "0")
         await self.block(request)
-        index, rows = await self.call(self._read_instances, peer, name)
+        index, rows = self._read_instances(peer, name)
         instances = [r.Instance for r in rows]
         entries = []
         for inst in catalog.filter_health(instances, passing=passing, tag=tag):
@@ -508,7 +514,7 @@ class Api:
     async def exported_services(self, request: Request) -> Response:
         await self.block(request)
         index = self.store.index
-        return json_response(await self.call(self.store.exported_summary), index=index)
+        return json_response(self.store.exported_summary(), index=index)
 
     # --- agent endpoints ---
 
@@ -519,19 +525,19 @@ class Api:
         except CatalogError as exc:
             raise ApiError(400, f"invalid service registration: {exc}") from None
         try:
-            await self.call(self.store.register, instance, "api")
+            await self.write(self.store.register, instance, "api")
         except StoreError as exc:
             raise ApiError(400, f"invalid service registration: {exc}") from None
         return Response(b"", 200)
 
     async def deregister(self, request: Request) -> Response:
         service_id = request.path_params["service_id"]
-        if not await self.call(self.store.deregister, service_id):
+        if not await self.write(self.store.deregister, service_id):
             raise ApiError(404, f"Unknown service ID {service_id!r}")
         return Response(b"", 200)
 
     async def _set_check(self, check_id: str, status: CheckStatus, output: str | None) -> Response:
-        if not await self.call(self.store.update_check, check_id, status, output):
+        if not await self.write(self.store.update_check, check_id, status, output):
             raise ApiError(404, f"Unknown check ID {check_id!r}")
         return Response(b"", 200)
 
@@ -554,17 +560,17 @@ class Api:
         return await self._set_check(request.path_params["check_id"], update.Status, update.Output)
 
     async def agent_services(self, request: Request) -> Response:
-        instances = await self.call(self.store.instances)
+        instances = self.store.instances()
         return json_response({inst.ID: self.agent_service(inst, None) for inst in instances})
 
     async def agent_service_one(self, request: Request) -> Response:
-        inst = await self.call(self.store.instance, request.path_params["service_id"])
+        inst = self.store.instance(request.path_params["service_id"])
         if inst is None:
             raise ApiError(404, f"Unknown service ID {request.path_params['service_id']!r}")
         return json_response(self.agent_service(inst, None))
 
     async def agent_checks(self, request: Request) -> Response:
-        checks = await self.call(self.store.checks)
+        checks = self.store.checks()
         return json_response(
             {c.CheckID: self.check_view(c, None, self.config.name) for c in checks}
         )
@@ -605,7 +611,7 @@ class Api:
             entry = catalog.validate_exported(entry)
         except CatalogError as exc:
             raise ApiError(400, f"invalid exported-services entry: {exc}") from None
-        await self.call(self.store.set_exported_services, entry)
+        await self.write(self.store.set_exported_services, entry)
         return json_response(True)
 
     def _config_path(self, request: Request) -> None:
@@ -619,14 +625,14 @@ class Api:
         self._config_path(request)
         await self.block(request)
         index = self.store.index
-        entry = await self.call(self.store.exported_services)
+        entry = self.store.exported_services()
         if entry is None:
             raise ApiError(404, "config entry not found for 'exported-services' / 'default'")
         return json_response(entry, index=index)
 
     async def config_delete(self, request: Request) -> Response:
         self._config_path(request)
-        await self.call(self.store.delete_exported_services)
+        await self.write(self.store.delete_exported_services)
         return json_response(True)
 
     async def prometheus(self, request: Request) -> Response:

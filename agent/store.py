@@ -307,10 +307,12 @@ class Store(PeeringTables):
             finally:
                 if not durable:
                     conn.execute("PRAGMA synchronous=FULL")
-        if changed and self._on_change is not None:
-            self._on_change(index)
+        # Exporters first: each callback may wait for a hop onto the event loop, and the
+        # exporter's produce is on the path to the peer; local blocking queries can wait.
         if fed and self._on_feed is not None:
             self._on_feed(fed)
+        if changed and self._on_change is not None:
+            self._on_change(index)
         return index
 
     # --- catalog index ---------------------------------------------------------------------
