@@ -35,7 +35,10 @@ from agent.store import IndexNotifier, Store, StoreError
 
 log = logging.getLogger("agent")
 
-SERVICES_FILE_POLL_SECONDS = 1.0
+# How often the services file's mtime and size are checked (a stat() call: cheap). A change
+# is read once it has stayed the same for one interval, so a file still being written (not
+# replaced atomically) is not read half-way: changes reach peers within 0.1-0.2 s.
+SERVICES_FILE_POLL_SECONDS = 0.1
 HTTP_GRACE_SECONDS = 2
 STOP_DEADLINE_SECONDS = 4.0
 
@@ -220,7 +223,17 @@ def _read_services_file(path: Path) -> list[ServiceInstance]:
     return decode_services_file(data, path.suffix.lower())
 
 
-def _file_signature(path: Path) -> tuple[int, int] | None:
+FileSignature = tuple[int, int] | None
+"""(mtime_ns, size) of a file, None when it cannot be read."""
+
+
+def reload_due(applied: FileSignature, previous: FileSignature, current: FileSignature) -> bool:
+    """Whether to re-read a polled file: it differs from what was applied and has not
+    changed since the previous poll (a writer still appending keeps moving it)."""
+    return current != applied and current == previous
+
+
+def _file_signature(path: Path) -> FileSignature:
     try:
         st = path.stat()
     except OSError:
@@ -234,17 +247,21 @@ async def _watch_services_file(
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Load the services file, then reload it whenever its mtime or size changes.
+    """Load the services file, then reload it whenever its mtime or size changed and then
+    stayed put for one poll (see SERVICES_FILE_POLL_SECONDS).
 
     A bad file is logged and counted and the previous registrations stay: a typo in a
     config file must not deregister a fleet.
     """
-    last: tuple[int, int] | None = None
+    applied: FileSignature = None
+    seen: FileSignature = None
     started = False
     while True:
         signature = _file_signature(path)
-        if signature != last or not started:
-            last = signature
+        due = not started or reload_due(applied, seen, signature)
+        seen = signature
+        if due:
+            applied = signature
             try:
                 instances = await anyio.to_thread.run_sync(_read_services_file, path)
                 await anyio.to_thread.run_sync(store.sync_file_services, instances)

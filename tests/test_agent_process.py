@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from agent.config import AgentConfig
-from agent.runtime import Extension, run_agent
+from agent.runtime import Extension, reload_due, run_agent
 from agent.store import IndexNotifier, Store
 from tests.agent_fixtures import AgentProcess, cli_env, free_port, peering_command
 
@@ -220,6 +220,19 @@ def test_services_file_load_reload_and_bad_file(
             "static-2"
         ]
         assert 'peering_services_file_reloads_total{result="error"}' in http.get("/metrics").text
+
+
+def test_services_file_is_read_once_it_stops_changing() -> None:
+    """A changed file is re-read only when two polls in a row saw the same mtime and size:
+    a writer still appending (no atomic rename) is not read half-way."""
+    old, growing, done = (1, 10), (2, 20), (3, 30)
+    assert not reload_due(old, old, old)  # nothing new
+    assert not reload_due(old, old, growing)  # just changed: wait one poll
+    assert not reload_due(old, growing, done)  # still changing
+    assert reload_due(old, done, done)  # settled: read it
+    assert not reload_due(done, done, done)  # and only once
+    assert not reload_due(done, done, None)  # just removed: wait one poll
+    assert reload_due(done, None, None)  # still gone: read it (an error, registrations stay)
 
 
 def test_json_services_file(agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
