@@ -6,11 +6,12 @@ with its ordered change feed, and the imported catalog per peer.
 
 Why synchronous: sqlite3 is a blocking library and every write must be committed (fsync'd,
 ``synchronous=FULL``) before the API answers. Keeping the store plain and thread-safe lets the
-async shell run API writes in a worker thread (``anyio.to_thread.run_sync``) so their fsync
-never stalls the event loop, and reads directly on the loop (a WAL reader never waits for the
-writer, and the hop to a thread cost more than a small read), while tests and offline tools
-call it directly. Writes share one connection behind a lock; reads use one connection per
-thread, which WAL lets run beside a writer.
+async shell call it directly on the event loop for small work (reads: a WAL reader never waits
+for the writer; writes of one instance: O(service size) plus one fsync, cheaper than the hop
+to a thread and back) and in a worker thread (``anyio.to_thread.run_sync``) for bulk writes
+that would stall the loop (a services file, a config entry over the whole catalog), while
+tests and offline tools call it directly. Writes share one connection behind a lock; reads
+use one connection per thread, which WAL lets run beside a writer.
 
 Every local write recomputes the exported view (pure ``catalog.exported_view``), diffs it with
 the stored one and appends the differences to ``exported_changes`` in the SAME transaction, so
