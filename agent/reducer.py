@@ -426,9 +426,9 @@ SEQ_BLOCK = 1000
 """Seqs reserved per durable write: one fsync per this many events instead of one per batch."""
 
 
-def seq_ceiling_for(ceiling: int, after: PublisherState) -> int | None:
-    """The Seq ceiling to persist durably *before* producing the events that lead to ``after``,
-    or None when the ceiling already persisted covers them.
+def seq_ceiling_for(ceiling: int, before: PublisherState, after: PublisherState) -> int | None:
+    """The Seq ceiling to persist durably *before* producing the events that lead from
+    ``before`` to ``after``, or None when they use no Seq or the persisted ceiling covers them.
 
     Every Seq below the persisted ceiling counts as used: a restart resumes at it
     (``resume_publisher``), so a crash after producing but before the bookkeeping never
@@ -438,7 +438,7 @@ def seq_ceiling_for(ceiling: int, after: PublisherState) -> int | None:
     the per-change path; the price is that a crash skips the rest of the block, which the
     importer sees as a Seq gap and resyncs from the compacted topic (harmless).
     """
-    if after.NextSeq <= ceiling:
+    if after.NextSeq == before.NextSeq or after.NextSeq <= ceiling:
         return None
     return after.NextSeq + SEQ_BLOCK
 

@@ -336,12 +336,12 @@ def test_crash_between_reserve_and_ack_loses_no_change() -> None:
     peers = Established()
     topic = Topic(peers.a2d)
     pub, events = reconcile(PublisherState(), view(1), NOW)
-    ceiling = seq_ceiling_for(0, pub)
+    ceiling = seq_ceiling_for(0, PublisherState(), pub)
     assert ceiling is not None
     topic.publish(events)
     state, _ = run_live(ImportState(), topic)
     planned, lost_events = reconcile(pub, view(1, 2), NOW)
-    assert seq_ceiling_for(ceiling, planned) is None  # inside the block: nothing to persist
+    assert seq_ceiling_for(ceiling, pub, planned) is None  # inside the block: nothing to persist
     # crash: lost_events never reached the broker, pub is what was saved after the last ack
     restarted = resume_publisher(pub, ceiling)
     assert restarted.Published == pub.Published
@@ -355,12 +355,18 @@ def test_crash_between_reserve_and_ack_loses_no_change() -> None:
 
 def test_seq_ceiling_reserves_a_block_only_when_the_batch_passes_it() -> None:
     """One durable reservation covers SEQ_BLOCK Seqs; a batch larger than a block gets a
-    ceiling beyond its own end."""
-    assert seq_ceiling_for(0, PublisherState(NextSeq=1)) == 1 + SEQ_BLOCK
-    assert seq_ceiling_for(1 + SEQ_BLOCK, PublisherState(NextSeq=1 + SEQ_BLOCK)) is None
-    assert seq_ceiling_for(100, PublisherState(NextSeq=101)) == 101 + SEQ_BLOCK
+    ceiling beyond its own end; a publish that uses no Seq (only the feed position moves)
+    reserves nothing, even with no ceiling yet (the ceiling must only move durably)."""
+    first = PublisherState()
+    assert seq_ceiling_for(0, first, PublisherState(NextSeq=2)) == 2 + SEQ_BLOCK
+    assert seq_ceiling_for(0, first, first) is None
+    at = PublisherState(NextSeq=1 + SEQ_BLOCK)
+    assert seq_ceiling_for(1 + SEQ_BLOCK, first, at) is None
+    assert seq_ceiling_for(100, PublisherState(NextSeq=100), PublisherState(NextSeq=101)) == (
+        101 + SEQ_BLOCK
+    )
     big = PublisherState(NextSeq=5 * SEQ_BLOCK)
-    assert seq_ceiling_for(10, big) == 6 * SEQ_BLOCK
+    assert seq_ceiling_for(10, first, big) == 6 * SEQ_BLOCK
 
 
 def test_resume_never_goes_below_the_ceiling() -> None:

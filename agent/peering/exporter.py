@@ -78,19 +78,22 @@ class Exporter:
             return
         store, record = self.ctx.store, self.record
         next_keyring = self.cursor.keyring if keyring is None else keyring
-        ceiling = reducer.seq_ceiling_for(self.cursor.seq_ceiling, new_state)
+        ceiling = reducer.seq_ceiling_for(self.cursor.seq_ceiling, self.cursor.state, new_state)
         rekeyed = keyring is not None or new_state.Epoch != self.cursor.state.Epoch
-        if ceiling is not None:
-            self.cursor = msgspec.structs.replace(self.cursor, seq_ceiling=ceiling)
         if events and (ceiling is not None or rekeyed):
             # Durable before anything is produced: the Seq block, and the keyring a new
-            # epoch's records are sealed with. Between blocks no fsync is on the path.
+            # epoch's records are sealed with. Between blocks no fsync is on the path. The
+            # ceiling in memory only ever moves together with this durable write: the saves
+            # after an ack are not fsync'd, so a ceiling first written by one of them could
+            # vanish in a power loss while Seqs under it were already on the broker.
             reserved = msgspec.structs.replace(
                 self.cursor,
                 state=msgspec.structs.replace(self.cursor.state, Epoch=new_state.Epoch),
                 keyring=next_keyring,
+                seq_ceiling=self.cursor.seq_ceiling if ceiling is None else ceiling,
             )
             store.save_publisher(record.ID, reserved)
+            self.cursor = msgspec.structs.replace(self.cursor, seq_ceiling=reserved.seq_ceiling)
         self.in_flight = bool(events)
         offsets = await kafka_client.send_batch(
             self.producer, record.export_topic, [encode_event(next_keyring, e) for e in events]
