@@ -193,8 +193,10 @@ async def serve_bootstrap(
     start = store.get_counter(BOOTSTRAP_OFFSET_KEY)
     task_status.started()
     async with kafka_client.producer(kafka) as producer:
+        # The poll interval is only how long an idle fetch waits (the broker answers as soon
+        # as a request lands): no timed work here, so idle fetches can be rare.
         async for batch in kafka_client.read_batches(
-            kafka, topic, start_offset=start, stop_at_end=False, poll_interval=0.2
+            kafka, topic, start_offset=start, stop_at_end=False, poll_interval=2.0
         ):
             for record in batch.records:
                 answer = await _answer(tracker, kafka, local_cluster, record.value)
