@@ -186,7 +186,8 @@ class Store(PeeringTables):
         self.readonly = readonly
         self._on_change = on_change
         self._on_feed: Callable[[frozenset[str]], None] | None = None
-        self._lock = threading.Lock()
+        # Re-entrant so a caller holding it (writer_if_free) can run a write method.
+        self._lock = threading.RLock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -221,6 +222,21 @@ class Store(PeeringTables):
         """Install the callback run after each commit that appended to the exported-changes
         feed, with the peers whose feed grew (their exporters have work; nobody else)."""
         self._on_feed = on_feed
+
+    @contextmanager
+    def writer_if_free(self) -> Iterator[bool]:
+        """Hold the writer lock if no other thread holds it (True), without waiting (False).
+
+        For the event loop's small writes: a bulk write in a worker thread (a services file,
+        a config entry over the whole catalog) holds the lock for seconds, and waiting for it
+        on the loop would freeze the agent; the caller then waits in a thread instead.
+        """
+        free = self._lock.acquire(blocking=False)
+        try:
+            yield free
+        finally:
+            if free:
+                self._lock.release()
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
