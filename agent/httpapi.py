@@ -38,7 +38,7 @@ from agent.catalog import CatalogError, ExportedServicesEntry
 from agent.config import AgentConfig
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
 from agent.names import InvalidName, validate_peer_name, validate_service_name
-from agent.store import IndexNotifier, LocalInstance, Store, StoreError
+from agent.store import IndexNotifier, LocalInstance, Store, StoreError, write_on_loop
 
 T = TypeVar("T")
 
@@ -344,18 +344,10 @@ class Api:
         self.config = config
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a small store write (one instance or check: O(service size) plus one fsync of
-        ~0.5 ms) right here on the event loop, or in a worker thread while a bulk write holds
-        the store (waiting for it here would freeze the agent for seconds).
-
-        On the loop, as the peering loops do, because the hop to a worker thread and back
-        cost more than the write: about 0.6 ms of every answer on a busy 2-core machine, on
-        the path of every change. Reads are plain calls on the loop: WAL readers never wait
+        """A write of one instance or check: on the loop when the store is free (see
+        ``store.write_on_loop``). Reads are plain calls on the loop: WAL readers never wait
         for the writer, and their decoding would hold the GIL in a thread too."""
-        with self.store.writer_if_free() as free:
-            if free:
-                return fn(*args)
-        return await anyio.to_thread.run_sync(fn, *args)
+        return await write_on_loop(self.store, fn, *args)
 
     async def bulk_write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a write that recomputes the whole exported view (config entries: seconds at

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from agent.model import ServiceInstance
 from agent.peering.context import PeeringContext, PeeringSignals, kafka_label
 from agent.peering.records import PeeringRecord
 from agent.peering_state import RecordSent
+from agent.store import write_on_loop
 from agent.store_peering import PublisherCursor
 from agent.wire.envelope import encode_event
 from agent.wire.events import Event, InstanceRemove, InstanceUpsert, instance_key
@@ -92,7 +94,7 @@ class Exporter:
                 keyring=next_keyring,
                 seq_ceiling=self.cursor.seq_ceiling if ceiling is None else ceiling,
             )
-            store.save_publisher(record.ID, reserved)
+            await write_on_loop(store, store.save_publisher, record.ID, reserved)
             self.cursor = msgspec.structs.replace(self.cursor, seq_ceiling=reserved.seq_ceiling)
         self.in_flight = bool(events)
         offsets = await kafka_client.send_batch(
@@ -114,7 +116,13 @@ class Exporter:
             seq_ceiling=self.cursor.seq_ceiling,
         )
         # Not fsync'd: a power loss rolls back to the (durable) reservation; see save_publisher.
-        store.save_publisher(record.ID, self.cursor, fingerprints, durable=False)
+        await write_on_loop(
+            store,
+            partial(store.save_publisher, durable=False),
+            record.ID,
+            self.cursor,
+            fingerprints,
+        )
         self.in_flight = False
         if events:
             now = self.ctx.clock()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from functools import partial
 
+import anyio.to_thread
 import msgspec
 
 from agent import kafka_client, metrics, reducer
@@ -19,6 +21,7 @@ from agent.model import ServiceInstance
 from agent.peering.context import PeeringContext, kafka_label
 from agent.peering.records import PeeringRecord
 from agent.peering_state import PeerTerminated, RecordReceived
+from agent.store import write_on_loop
 from agent.store_peering import ImportCursor
 from agent.wire.events import Heartbeat, InstanceRemove, InstanceUpsert
 
@@ -63,7 +66,7 @@ class Importer:
         # the whole imported set per poll (at 100k instances, more time than applying).
         self.per_service = Counter(i.Name for i in self.cursor.state.Instances.values())
 
-    def apply_batch(self, batch: list[kafka_client.Record]) -> bool:
+    async def apply_batch(self, batch: list[kafka_client.Record]) -> bool:
         """Fold and commit one poll; False when the peer terminated the peering."""
         ctx, record = self.ctx, self.record
         now = ctx.clock()
@@ -95,7 +98,15 @@ class Importer:
             if key in after:
                 self.per_service[after[key].Name] += 1
         self.cursor = ImportCursor(state=ingested.state, keyring=ingested.keyring)
-        ctx.store.commit_import(record.Name, record.ID, self.cursor, upserts, removed)
+        await write_on_loop(
+            ctx.store,
+            ctx.store.commit_import,
+            record.Name,
+            record.ID,
+            self.cursor,
+            upserts,
+            removed,
+        )
         self._observe(ingested, now)
         return not any(
             isinstance(e, reducer.PeerTerminated)
@@ -175,8 +186,14 @@ class Importer:
         )
         self.cursor = ImportCursor(state=state, keyring=keyring)
         self.per_service = Counter(i.Name for i in state.Instances.values())
-        self.ctx.store.commit_import(
-            record.Name, record.ID, self.cursor, state.Instances.values(), (), replace_all=True
+        # The whole imported set in one transaction: a bulk write, off the event loop.
+        await anyio.to_thread.run_sync(
+            partial(self.ctx.store.commit_import, replace_all=True),
+            record.Name,
+            record.ID,
+            self.cursor,
+            list(state.Instances.values()),
+            (),
         )
         for reject in rejects:
             if reject.reason.value != "retired_epoch":
@@ -226,7 +243,7 @@ async def run_importer(ctx: PeeringContext, name: str) -> None:
                 stop_at_end=False,
                 poll_interval=min(0.5, ctx.heartbeat_interval / 2),
             ):
-                if batch.records and not importer.apply_batch(batch.records):
+                if batch.records and not await importer.apply_batch(batch.records):
                     return
                 lag = max(0, batch.end_offset - (importer.cursor.state.LastOffset + 1))
                 metrics.CONSUMER_LAG.labels(peer=record.Name).set(lag)
