@@ -118,6 +118,28 @@ class Floor:
         return time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process (all its threads) has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_per_change(
+    exporter: str, targets: Sequence[Target], changes: int, pids: dict[str, int]
+) -> dict[str, float]:
+    """Milliseconds of CPU each process spends per watched change: everything it used
+    during ``changes`` changes (with their pauses, so idle work such as heartbeats is in)
+    divided by ``changes``. On a shared 2-core machine this is what competes for the cores."""
+    pause = pause_for(len(targets))
+    async with session() as client:
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        for _ in range(changes):
+            await watched_change(client, exporter, targets, pause)
+        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    return {name: round(1000 * (after[name] - before[name]) / changes, 2) for name in pids}
+
+
 def session() -> aiohttp.ClientSession:
     """One session per run; no connection limit, so every watcher has its own connection."""
     return aiohttp.ClientSession(

@@ -100,6 +100,8 @@ def main() -> None:
                         help="unmeasured changes first")  # fmt: skip
     parser.add_argument("--polling", type=int, default=100,
                         help="changes seen by a polling client (0: none)")  # fmt: skip
+    parser.add_argument("--cpu-changes", type=int, default=300,
+                        help="changes to measure each process's CPU over (0: skip)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,6 +124,12 @@ def main() -> None:
                     polling=args.polling,
                 )
             )  # fmt: skip
+            cpu = {}
+            if args.cpu_changes and broker.pid is not None:
+                pids = {"east": east.process.pid, "west": west.process.pid, "broker": broker.pid}
+                cpu = anyio.run(
+                    latency.cpu_per_change, east.url, [(west.url, "east")], args.cpu_changes, pids
+                )
         finally:
             for agent in agents:
                 agent.stop()
@@ -143,12 +151,16 @@ def main() -> None:
     }
     if "propagation_polling" in figures:
         report["propagation_polling"] = figures["propagation_polling"]
+    if cpu:
+        report["cpu_ms_per_change"] = cpu
     print(json.dumps(report, indent=2))
     floor, prop = report["floor_round_trip"], report["propagation_register_to_blocking_query"]
     print(
         f"floor p50 {floor['p50_ms']} ms p99 {floor['p99_ms']} ms; propagation p50"
         f" {prop['p50_ms']} ms p99 {prop['p99_ms']} ms; {report['ratio_p50_to_floor']}x floor"
     )
+    if cpu:
+        print("CPU per change: " + ", ".join(f"{name} {ms} ms" for name, ms in cpu.items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

@@ -61,7 +61,6 @@ def progress(message: str) -> None:
     print(f"[{time.perf_counter() - BEGAN:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Fan-out rounds come after the rest (broker and client warm): a shorter warm-up, enough to
 # warm the peer agents that join the round.
 FANOUT_WARM_FLOOR = 50
@@ -109,8 +108,7 @@ class Agent:
             self.process.wait(30)
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return latency.cpu_seconds(self.process.pid)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
