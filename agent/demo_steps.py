@@ -7,7 +7,6 @@ prints it in red. Nothing in this module decides the demo's story: agent.demo do
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import httpx
 from rich.table import Table
 
 from agent.devbroker import DevBroker, DevBrokerError, free_port
+from agent.processes import stop_process
 
 T = TypeVar("T")
 
@@ -159,16 +159,7 @@ class Cluster:
             self._http.close()
             self._http = None
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return None if proc is None else stop_process(proc, timeout)
 
     def detach(self) -> None:
         """Forget the process without stopping it (``--keep``)."""

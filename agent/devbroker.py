@@ -24,6 +24,7 @@ from types import FrameType
 import msgspec
 
 from agent import kafka_client
+from agent.processes import kill_process, stop_process
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -246,28 +247,14 @@ class DevBroker:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (a clean shutdown), SIGKILL if it takes longer than ``timeout``."""
-        process = self._process
-        if process is None:
-            return 0
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._process = None
-        return process.returncode
+        process, self._process = self._process, None
+        return 0 if process is None else stop_process(process, timeout)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no flush, no clean shutdown."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        self._process = None
+        process, self._process = self._process, None
+        if process is not None:
+            kill_process(process)
 
     def suspend(self) -> None:
         """SIGSTOP: the broker hangs without closing its sockets."""

@@ -10,7 +10,6 @@ same data dir).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from agent.devbroker import free_port
+from agent.processes import kill_process, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 20.0
@@ -123,26 +123,14 @@ class AgentProcess:
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM and wait; SIGKILL if it does not stop in ``timeout``. Returns the exit code."""
-        if self.proc is None:
-            return 0
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return int(proc.returncode)
+        return 0 if proc is None else stop_process(proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: no chance to clean up, as in a crash."""
-        if self.proc is None:
-            return
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        if proc is not None:
+            kill_process(proc)
 
     def restart(self) -> AgentProcess:
         """Start again on the same port and data dir (after ``kill`` or ``stop``)."""

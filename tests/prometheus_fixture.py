@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +28,7 @@ import httpx
 import pytest
 
 from agent.devbroker import free_port
+from agent.processes import stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_OPS = REPO / "ops" / "prometheus"
@@ -237,16 +237,7 @@ class PrometheusServer:
         """SIGTERM, then SIGKILL after STOP_TIMEOUT; returns the exit code (None if not run)."""
         self._client.close()
         process, self._process = self._process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return None if process is None else stop_process(process, STOP_TIMEOUT)
 
 
 def start_prometheus(workdir: Path, **kwargs: Any) -> PrometheusServer:
