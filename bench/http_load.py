@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from propagation import Agent  # bench/ is on sys.path when a script here runs
+from agents import Agent  # bench/ is on sys.path when a script here runs
 
 from agent.devbroker import DevBroker
 

@@ -27,7 +27,7 @@ from agent.store import Store
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from propagation import Agent  # noqa: E402 - bench/ is on sys.path when a script here runs
+from agents import Agent  # noqa: E402 - bench/ is on sys.path when a script here runs
 
 from tests.prometheus_fixture import start_prometheus  # noqa: E402 - after the path fix
 

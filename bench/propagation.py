@@ -20,75 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import anyio
-import httpx
 import latency  # bench/ is on sys.path when a script here runs
+from agents import Agent, establish, export
 
-from agent.devbroker import DevBroker, free_port
+from agent.devbroker import DevBroker
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Agent:
-    def __init__(self, name: str, bootstrap: str, workdir: Path) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        log = (workdir / f"{name}.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "agent", "--name", name, "--kafka", bootstrap,
-             "--http", f"127.0.0.1:{self.port}", "--data-dir", str(workdir / name)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "PEERING_HEARTBEAT_INTERVAL": "1"},
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v1/status/leader", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"agent {name} did not start")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(15)
-
-
-def state(agent: Agent, peer: str) -> str:
-    answer = httpx.get(f"{agent.url}/v1/peering/{peer}", timeout=5)
-    return str(answer.json().get("State")) if answer.status_code == 200 else "-"
-
-
-def establish(east: Agent, west: Agent) -> float:
-    token = httpx.post(f"{east.url}/v1/peering/token", json={"PeerName": "west"}, timeout=10)
-    started = time.perf_counter()
-    answer = httpx.post(
-        f"{west.url}/v1/peering/establish",
-        json={"PeerName": "east", "PeeringToken": token.json()["PeeringToken"]},
-        timeout=30,
-    )
-    answer.raise_for_status()
-    while state(east, "west") != "ACTIVE" or state(west, "east") != "ACTIVE":
-        time.sleep(0.005)
-    return time.perf_counter() - started
-
-
-def export(east: Agent, consumer: str) -> None:
-    config = {
-        "Kind": "exported-services",
-        "Name": "default",
-        "Services": [{"Name": latency.SERVICE, "Consumers": [{"Peer": consumer}]}],
-    }
-    httpx.put(f"{east.url}/v1/config", json=config, timeout=30).raise_for_status()
 
 
 def main() -> None:
@@ -116,7 +57,7 @@ def main() -> None:
             west = Agent("west", broker.bootstrap, work)
             agents.append(west)
             establish_seconds = establish(east, west)
-            export(east, "west")
+            export(east, latency.SERVICE, ["west"])
             samples = anyio.run(
                 lambda: latency.measure(
                     broker.bootstrap, east.url, [(west.url, "east")], args.changes,

@@ -31,7 +31,6 @@ import argparse
 import functools
 import json
 import os
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -45,13 +44,14 @@ import anyio
 import httpx
 
 from agent import crypto
-from agent.devbroker import DevBroker, free_port
+from agent.devbroker import DevBroker
 from agent.wire import keys
 from agent.wire.envelope import encode_event
 from agent.wire.events import Heartbeat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency
+from agents import Agent, establish, export
 
 REPO = Path(__file__).resolve().parents[1]
 BEGAN = time.perf_counter()
@@ -65,107 +65,6 @@ def progress(message: str) -> None:
 # warm the peer agents that join the round.
 FANOUT_WARM_FLOOR = 50
 FANOUT_WARM_CHANGES = 10
-
-
-class Agent:
-    """One agent process with its own data dir and HTTP port."""
-
-    def __init__(
-        self,
-        name: str,
-        bootstrap: str,
-        workdir: Path,
-        *,
-        heartbeat: float = 1.0,
-        services_file: Path | None = None,
-    ) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = workdir / name
-        args = [sys.executable, "-m", "agent", "agent", "--name", name, "--kafka", bootstrap,
-                "--http", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir)]  # fmt: skip
-        if services_file is not None:
-            args += ["--services-file", str(services_file)]
-        log = (workdir / f"{name}.log").open("ab")
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "PEERING_HEARTBEAT_INTERVAL": str(heartbeat)},
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v1/status/leader", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError(f"agent {name} did not start")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(30)
-
-    def cpu_seconds(self) -> float:
-        return latency.cpu_seconds(self.process.pid)
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def published_total(self) -> float:
-        """Every event this agent published, to all peers, from one /metrics scrape."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        family = "peering_events_published_total{"
-        return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(family)
-        )
-
-    def metric(self, name: str, peer: str, extra: str = "") -> float:
-        """Sum of the samples of ``name`` labelled with ``peer`` (and ``extra``) on /metrics."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and f'peer="{peer}"' in line and extra in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-
-def state(agent: Agent, peer: str) -> str:
-    answer = httpx.get(f"{agent.url}/v1/peering/{peer}", timeout=10)
-    return str(answer.json().get("State")) if answer.status_code == 200 else "-"
-
-
-def establish(acceptor: Agent, dialer: Agent, dialer_name: str, acceptor_name: str) -> float:
-    """Token on the acceptor -> establish on the dialer -> both ACTIVE; seconds."""
-    token = httpx.post(
-        f"{acceptor.url}/v1/peering/token", json={"PeerName": dialer_name}, timeout=10
-    )
-    token.raise_for_status()
-    started = time.perf_counter()
-    httpx.post(
-        f"{dialer.url}/v1/peering/establish",
-        json={"PeerName": acceptor_name, "PeeringToken": token.json()["PeeringToken"]},
-        timeout=60,
-    ).raise_for_status()
-    deadline = time.monotonic() + 60
-    while state(acceptor, dialer_name) != "ACTIVE" or state(dialer, acceptor_name) != "ACTIVE":
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"peering {acceptor_name}/{dialer_name} not ACTIVE")
-        time.sleep(0.005)
-    return time.perf_counter() - started
-
-
-def export(agent: Agent, service: str, consumers: list[str]) -> None:
-    config = {
-        "Kind": "exported-services",
-        "Name": "default",
-        "Services": [{"Name": service, "Consumers": [{"Peer": p} for p in consumers]}],
-    }
-    httpx.put(f"{agent.url}/v1/config", json=config, timeout=30).raise_for_status()
 
 
 def services_file(path: Path, count: int, port: int) -> None:
@@ -241,7 +140,7 @@ def catalog_round(work: Path, bootstrap: str, count: int, report: dict[str, Any]
     agents = [east, west]
     try:
         # A token names the dialer's cluster: the PeerName on east is west's agent name.
-        establish(east, west, west.name, "east")
+        establish(east, west, acceptor_name="east")
         config = {"Kind": "exported-services", "Name": "default",
                   "Services": [{"Name": "*", "Consumers": [{"Peer": west.name}]}]}  # fmt: skip
         httpx.put(f"{east.url}/v1/config", json=config, timeout=30).raise_for_status()
@@ -303,7 +202,7 @@ def fanout_round(
         establish_times = []
         for k in range(most):
             wests.append(Agent(f"w{k}", bootstrap, work, heartbeat=5))
-            establish_times.append(establish(east, wests[-1], f"w{k}", "fan-east"))
+            establish_times.append(establish(east, wests[-1]))
         report["establish_seconds_fanout_median"] = round(statistics.median(establish_times), 3)
         for peers in peer_counts:
             export(east, latency.SERVICE, [f"w{k}" for k in range(peers)])
@@ -451,7 +350,7 @@ def main() -> None:
             west = Agent("west", broker.bootstrap, work)
             try:
                 progress("establish")
-                report["establish_seconds"] = round(establish(east, west, "west", "east"), 3)
+                report["establish_seconds"] = round(establish(east, west), 3)
                 export(east, latency.SERVICE, ["west"])
                 progress("floor + propagation (warm-up, then interleaved)")
                 samples = anyio.run(
