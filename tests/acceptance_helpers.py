@@ -17,6 +17,7 @@ from agent.store import DB_FILE
 from agent.wire.events import instance_key
 from agent.wire.keys import StreamKeyring
 from tests.agent_fixtures import AgentProcess
+from tests.faults.convergence import comparable
 from tests.peering_helpers import state
 
 AgentFactory = Callable[..., AgentProcess]
@@ -56,18 +57,7 @@ def view(agent: AgentProcess, service: str, peer_name: str | None = None) -> dic
     params = {"peer": peer_name} if peer_name else {}
     response = httpx.get(f"{agent.url}/v1/health/service/{service}", params=params, timeout=10)
     response.raise_for_status()
-    out: dict[str, Any] = {}
-    for entry in response.json():
-        svc = entry["Service"]
-        statuses = tuple(sorted(c["Status"] for c in entry["Checks"] if c.get("ServiceID")))
-        out[svc["ID"]] = (
-            svc["Address"],
-            svc["Port"],
-            tuple(svc["Tags"] or ()),
-            tuple(sorted((svc["Meta"] or {}).items())),
-            statuses,
-        )
-    return out
+    return {entry["Service"]["ID"]: comparable(entry) for entry in response.json()}
 
 
 def peering(agent: AgentProcess, peer_name: str) -> dict[str, Any]:

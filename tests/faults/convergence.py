@@ -14,6 +14,19 @@ from tests.agent_fixtures import AgentProcess
 Instance = tuple[str, int, tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ...]]
 
 
+def comparable(entry: dict[str, Any]) -> Instance:
+    """One ``/v1/health/service`` entry as the values compared: address, port, tags, meta
+    and the sorted statuses of its service checks."""
+    svc = entry["Service"]
+    return (
+        svc["Address"],
+        svc["Port"],
+        tuple(svc["Tags"] or ()),
+        tuple(sorted((svc["Meta"] or {}).items())),
+        tuple(sorted(c["Status"] for c in entry["Checks"] if c.get("ServiceID"))),
+    )
+
+
 def _get(agent: AgentProcess, path: str, **params: str) -> Any:
     response = httpx.get(f"{agent.url}{path}", params=params, timeout=10)
     response.raise_for_status()
@@ -27,16 +40,8 @@ def _instances(
     out: dict[str, Instance] = {}
     seen: Counter[str] = Counter()
     for entry in entries:
-        svc = entry["Service"]
-        seen[svc["ID"]] += 1
-        statuses = tuple(sorted(c["Status"] for c in entry["Checks"] if c.get("ServiceID")))
-        out[svc["ID"]] = (
-            svc["Address"],
-            svc["Port"],
-            tuple(svc["Tags"] or ()),
-            tuple(sorted((svc["Meta"] or {}).items())),
-            statuses,
-        )
+        seen[entry["Service"]["ID"]] += 1
+        out[entry["Service"]["ID"]] = comparable(entry)
     where = f"imported from {peer}" if peer else "local"
     duplicates.extend(
         f"{service}/{sid} appears {n} times ({where})" for sid, n in seen.items() if n > 1
