@@ -18,7 +18,7 @@ from agent.wire.events import instance_key
 from agent.wire.keys import StreamKeyring
 from tests.agent_fixtures import AgentProcess
 from tests.faults.convergence import comparable
-from tests.peering_helpers import state
+from tests.peering_helpers import FAST_ENV, peer, state
 
 AgentFactory = Callable[..., AgentProcess]
 
@@ -36,6 +36,21 @@ def metric(agent: AgentProcess, family: str, **labels: str) -> float:
             if all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def peered_pair(agent_factory: AgentFactory, kafka: str) -> tuple[AgentProcess, AgentProcess]:
+    """Two agents on ``kafka``, east (acceptor) and west (dialer), peered and both ACTIVE,
+    with the fast heartbeat settings of FAST_ENV."""
+    east = agent_factory(name="east", kafka=kafka, env=FAST_ENV)
+    west = agent_factory(name="west", kafka=kafka, env=FAST_ENV)
+    peer(east, west)
+    return east, west
+
+
+def converged(exporter: AgentProcess, importer: AgentProcess, service: str) -> bool:
+    """The importer sees exactly the exporter's (non-empty) view of ``service``."""
+    want = view(exporter, service)
+    return bool(want) and view(importer, service, exporter.name) == want
 
 
 def metric_by(agent: AgentProcess, family: str, label: str, **labels: str) -> dict[str, float]:

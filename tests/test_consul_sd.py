@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from agent.devbroker import DevBroker
+from tests.acceptance_helpers import peered_pair
 from tests.agent_fixtures import AgentProcess
-from tests.peering_helpers import FAST_ENV, export, imported, peer, register, wait_for
+from tests.peering_helpers import export, imported, register, wait_for
 
 AgentFactory = Callable[..., AgentProcess]
 
@@ -69,9 +70,7 @@ def test_consul_sd_finds_local_and_imported_services(
     kafka: DevBroker, agent_factory: AgentFactory, consul_sd_check: Path
 ) -> None:
     """Without a prefix: west's own services; with /peer/east: exactly east's exported ones."""
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
 
     register(east, "web-1", "web", 8080, Address="10.0.0.1", Tags=["blue"])
     register(east, "web-2", "web", 8081, Address="10.0.0.2")

@@ -6,16 +6,14 @@ from __future__ import annotations
 import httpx
 
 from agent.devbroker import DevBroker
-from tests.acceptance_helpers import AgentFactory, metric
-from tests.peering_helpers import FAST_ENV, export, peer, register, wait_for
+from tests.acceptance_helpers import AgentFactory, metric, peered_pair
+from tests.peering_helpers import export, register, wait_for
 
 
 def test_import_gauges_follow_upserts_renames_and_removals(
     kafka: DevBroker, agent_factory: AgentFactory
 ) -> None:
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
 
     def gauges() -> tuple[float, float]:
         return (

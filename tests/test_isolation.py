@@ -14,6 +14,7 @@ from tests.acceptance_helpers import (
     active,
     establish,
     metric,
+    peered_pair,
     peering,
     token_for,
     view,
@@ -89,9 +90,7 @@ def test_deleted_peerings_old_keys_are_refused(
     kafka: DevBroker, agent_factory: AgentFactory
 ) -> None:
     """Delete and re-peer: records sealed with the old peering's keys are refused."""
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
     register(east, "web-1", "web", 8080)
     export(east, {"web": ["west"]})
     wait_for("converged", lambda: not differences(east, west))

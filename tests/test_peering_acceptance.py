@@ -18,9 +18,11 @@ from agent.wire.keys import Direction
 from tests.acceptance_helpers import (
     AgentFactory,
     active,
+    converged,
     establish,
     metric,
     metric_by,
+    peered_pair,
     peering,
     persisted_import,
     token_for,
@@ -222,11 +224,6 @@ def _churn(exporter: AgentProcess, ops: int, progress: list[int], seed: int) -> 
         progress[0] = i + 1
 
 
-def _converged(exporter: AgentProcess, importer: AgentProcess, service: str) -> bool:
-    want = view(exporter, service)
-    return bool(want) and view(importer, service, exporter.name) == want
-
-
 def _instance_events_in_topic(
     bootstrap: str, topic: str, persisted: Any
 ) -> tuple[Counter[str], Counter[str], list[int]]:
@@ -284,13 +281,11 @@ def test_exactly_once_across_importer_sigkill(
        before the topic is read, applied <= E holds at every poll; equality at quiescence.
     4. The final imported view (instances, health, tags, meta) equals the exporter's.
     """
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
     for n in range(8):
         register(east, f"pay-{n}", "pay", 9000 + n, **TTL)
     export(east, {"pay": ["west"]})
-    wait_for("initial pay on west", lambda: _converged(east, west, "pay"))
+    wait_for("initial pay on west", lambda: converged(east, west, "pay"))
     topic = _stream_topic(east, "west", Direction.ACCEPTOR_TO_DIALER)
 
     progress = [0]
@@ -304,7 +299,7 @@ def test_exactly_once_across_importer_sigkill(
     churn.join(timeout=120)
     assert not churn.is_alive()
 
-    wait_for("importer converged", lambda: _converged(east, west, "pay"), timeout=60)
+    wait_for("importer converged", lambda: converged(east, west, "pay"), timeout=60)
 
     def accounted() -> bool:
         applied = metric_by(west, "peering_events_applied_total", "type", peer="east")
@@ -325,18 +320,16 @@ def test_exactly_once_across_importer_sigkill(
     assert persisted.state.LastSeq > 0
     assert persisted.state.Instances
     assert metric(west, "peering_events_applied_total", peer="east", type="instance_upsert") > 0
-    assert _converged(east, west, "pay")
+    assert converged(east, west, "pay")
 
 
 def test_resync_after_stream_topic_recreated(kafka: DevBroker, agent_factory: AgentFactory) -> None:
     """Stream topic deleted and recreated: exporter republishes, importer rebuilds, converges."""
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
     for n in range(5):
         register(east, f"inv-{n}", "inv", 9100 + n, Tags=[f"t{n}"], **TTL)
     export(east, {"inv": ["west"]})
-    wait_for("initial inv on west", lambda: _converged(east, west, "inv"))
+    wait_for("initial inv on west", lambda: converged(east, west, "inv"))
     topic = _stream_topic(east, "west", Direction.ACCEPTOR_TO_DIALER)
 
     async def recreate() -> None:
@@ -359,7 +352,7 @@ def test_resync_after_stream_topic_recreated(kafka: DevBroker, agent_factory: Ag
     register(east, "inv-new", "inv", 9200, **TTL)
     _put(east, "/v1/agent/check/fail/service:inv-0")
     wait_for("west resynced", lambda: metric(west, "peering_resyncs_total", peer="east") >= 1)
-    wait_for("converged after resync", lambda: _converged(east, west, "inv"), timeout=40)
+    wait_for("converged after resync", lambda: converged(east, west, "inv"), timeout=40)
     assert len(view(west, "inv", "east")) == 6
     assert active(west, "east") or state(west, "east") == "FAILING"
     wait_for("ACTIVE after resync", lambda: active(west, "east"))
@@ -370,13 +363,11 @@ def test_resync_after_stream_topic_recreated(kafka: DevBroker, agent_factory: Ag
 
 def test_key_rotation_while_changes_flow(kafka: DevBroker, agent_factory: AgentFactory) -> None:
     """rotate-keys during churn: importer converges, rotations counted, nothing rejected."""
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
     for n in range(8):
         register(east, f"pay-{n}", "pay", 9000 + n, **TTL)
     export(east, {"pay": ["west"]})
-    wait_for("initial pay on west", lambda: _converged(east, west, "pay"))
+    wait_for("initial pay on west", lambda: converged(east, west, "pay"))
 
     progress = [0]
     churn = threading.Thread(target=_churn, args=(east, 120, progress, 5), daemon=True)
@@ -393,14 +384,14 @@ def test_key_rotation_while_changes_flow(kafka: DevBroker, agent_factory: AgentF
         "two rotations",
         lambda: metric(east, "peering_key_rotations_total", peer="west") == 2,
     )
-    wait_for("converged after rotations", lambda: _converged(east, west, "pay"), timeout=40)
+    wait_for("converged after rotations", lambda: converged(east, west, "pay"), timeout=40)
     assert metric(west, "peering_records_rejected_total", peer="east") == 0
     assert metric(west, "peering_resyncs_total", peer="east") == 0
     assert active(east, "west")
     assert active(west, "east")
     # The stream keeps working under the newest epoch.
     register(east, "pay-late", "pay", 9999, **TTL)
-    wait_for("late change", lambda: _converged(east, west, "pay"))
+    wait_for("late change", lambda: converged(east, west, "pay"))
 
 
 # --- 7. FAILING and back -----------------------------------------------------------------
@@ -410,12 +401,10 @@ def test_failing_when_exporter_dies_and_back_by_itself(
     kafka: DevBroker, agent_factory: AgentFactory
 ) -> None:
     """Exporter killed: importer FAILING with stale imports still served; restart: ACTIVE."""
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
     register(east, "web-1", "web", 8080, **TTL)
     export(east, {"web": ["west"]})
-    wait_for("web on west", lambda: _converged(east, west, "web"))
+    wait_for("web on west", lambda: converged(east, west, "web"))
     served = view(west, "web", "east")
     assert peering(west, "east")["ImportsStale"] is False
 

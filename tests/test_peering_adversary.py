@@ -19,11 +19,12 @@ from tests.acceptance_helpers import (
     establish,
     metric,
     metric_by,
+    peered_pair,
     peering,
     token_for,
     view,
 )
-from tests.peering_helpers import FAST_ENV, export, peer, register, wait_for
+from tests.peering_helpers import FAST_ENV, export, register, wait_for
 
 # Distinctive plaintext that must never show up on the broker.
 SECRETS = {
@@ -63,9 +64,7 @@ def test_broker_adversary_learns_nothing_and_changes_nothing(
     kafka: DevBroker, agent_factory: AgentFactory
 ) -> None:
     """Read all topics (no plaintext); inject forged/altered/replayed records: all rejected."""
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
     service = SECRETS["service"]
     register(
         east,

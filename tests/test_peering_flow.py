@@ -7,8 +7,9 @@ from collections.abc import Callable
 import httpx
 
 from agent.devbroker import DevBroker
+from tests.acceptance_helpers import peered_pair
 from tests.agent_fixtures import AgentProcess
-from tests.peering_helpers import FAST_ENV, export, imported, peer, register, state, wait_for
+from tests.peering_helpers import export, imported, register, state, wait_for
 
 AgentFactory = Callable[..., AgentProcess]
 
@@ -32,9 +33,7 @@ def _statuses(entries: list[dict[str, object]]) -> dict[str, str]:
 
 def test_two_agents_share_a_service(kafka: DevBroker, agent_factory: AgentFactory) -> None:
     """Token, establish, export, health change, deregister, unexport, delete: all propagate."""
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
 
     ttl = {"Check": {"CheckID": "", "TTL": "30s", "Status": "passing"}}
     register(east, "web-1", "web", 8080, **ttl)
@@ -86,9 +85,7 @@ def test_sigterm_stops_a_peered_agent_within_five_seconds(
     import threading
     import time
 
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
     register(east, "web-1", "web", 8080)
     export(east, {"web": ["west"]})
     wait_for("web on west", lambda: len(imported(west, "web", "east")) == 1)

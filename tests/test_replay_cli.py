@@ -16,9 +16,9 @@ import httpx
 from agent import kafka_client, topics
 from agent.devbroker import DevBroker
 from agent.wire.keys import Direction
-from tests.acceptance_helpers import metric
+from tests.acceptance_helpers import metric, peered_pair
 from tests.agent_fixtures import REPO, AgentProcess, cli_env, peering_command
-from tests.peering_helpers import FAST_ENV, export, imported, peer, register, wait_for
+from tests.peering_helpers import FAST_ENV, export, imported, register, wait_for
 
 AgentFactory = Callable[..., AgentProcess]
 Snapshot = list[tuple[str, str, str, str, int]]
@@ -112,9 +112,7 @@ def test_replay_matches_live_state_explains_dumps_and_reports_forgeries(
     re-export, forged records) replays to exactly the live imported state at four cut points;
     --explain, --diff, the outbound direction, a dump replayed offline with an exported key
     file, forged rows and the read-only promise all hold."""
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
     peering_id = httpx.get(f"{west.url}/v1/peering/east", timeout=5).json()["ID"]
     topic = topics.stream_topic(peering_id, Direction.ACCEPTOR_TO_DIALER)
     groups_before = _groups(kafka)
@@ -316,9 +314,7 @@ def test_replay_after_a_resync_matches_live_state(
 ) -> None:
     """The stream topic is recreated (records lost): the importer resyncs, the exporter
     republishes, and a replay of the topic as it is now gives exactly west's live state."""
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
     peering_id = httpx.get(f"{west.url}/v1/peering/east", timeout=5).json()["ID"]
     topic = topics.stream_topic(peering_id, Direction.ACCEPTOR_TO_DIALER)
     ttl = {"Check": {"CheckID": "", "TTL": "60s", "Status": "passing"}}

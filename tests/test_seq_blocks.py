@@ -23,9 +23,16 @@ from agent.store import DB_FILE
 from agent.wire.envelope import Reject
 from agent.wire.events import UnknownEvent
 from agent.wire.keys import Direction
-from tests.acceptance_helpers import AgentFactory, metric, peering, persisted_import, view
+from tests.acceptance_helpers import (
+    AgentFactory,
+    converged,
+    metric,
+    peered_pair,
+    peering,
+    persisted_import,
+)
 from tests.agent_fixtures import AgentProcess
-from tests.peering_helpers import FAST_ENV, export, peer, register, wait_for
+from tests.peering_helpers import export, register, wait_for
 
 
 def _publisher_row(agent: AgentProcess, peer_name: str) -> tuple[int, int]:
@@ -68,18 +75,11 @@ def _seqs_on_the_wire(bootstrap: str, importer: AgentProcess, exporter: AgentPro
     ]
 
 
-def _converged(exporter: AgentProcess, importer: AgentProcess, service: str) -> bool:
-    want = view(exporter, service)
-    return bool(want) and view(importer, service, exporter.name) == want
-
-
 def _pair(kafka: DevBroker, agent_factory: AgentFactory) -> tuple[AgentProcess, AgentProcess]:
-    east = agent_factory(name="east", kafka=kafka.bootstrap, env=FAST_ENV)
-    west = agent_factory(name="west", kafka=kafka.bootstrap, env=FAST_ENV)
-    peer(east, west)
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
     register(east, "pay-0", "pay", 9000)
     export(east, {"pay": ["west"]})
-    wait_for("pay on west", lambda: _converged(east, west, "pay"))
+    wait_for("pay on west", lambda: converged(east, west, "pay"))
     return east, west
 
 
@@ -91,7 +91,7 @@ def test_changes_inside_a_block_do_not_move_the_ceiling(
     assert next_seq < ceiling <= next_seq + reducer.SEQ_BLOCK
     for n in range(20):
         register(east, "pay-0", "pay", 9100 + n)
-    wait_for("last change on west", lambda: _converged(east, west, "pay"))
+    wait_for("last change on west", lambda: converged(east, west, "pay"))
     wait_for("bookkeeping saved", lambda: _publisher_row(east, "west")[0] >= next_seq + 20)
     assert _publisher_row(east, "west")[1] == ceiling  # no new reservation: no fsync per change
 
@@ -105,7 +105,7 @@ def test_clean_restart_continues_without_a_gap(
     assert ceiling == next_seq  # the unused rest of the block was given back
     east.restart()
     register(east, "pay-1", "pay", 9001)
-    wait_for("pay-1 on west", lambda: _converged(east, west, "pay"))
+    wait_for("pay-1 on west", lambda: converged(east, west, "pay"))
     seqs = _seqs_on_the_wire(kafka.bootstrap, west, east)
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # contiguous: no gap
     assert metric(west, "peering_resyncs_total", peer="east") == 0
@@ -119,7 +119,7 @@ def test_sigkill_resumes_above_the_block_and_reuses_no_seq(
     east.kill()
     east.restart()
     register(east, "pay-1", "pay", 9001)
-    wait_for("pay-1 on west", lambda: _converged(east, west, "pay"), timeout=40)
+    wait_for("pay-1 on west", lambda: converged(east, west, "pay"), timeout=40)
     seqs = _seqs_on_the_wire(kafka.bootstrap, west, east)
     assert seqs == sorted(set(seqs)), "a Seq appears twice or out of order on the wire"
     assert [s for s in seqs if s >= ceiling], "the restart resumed above the reserved block"
