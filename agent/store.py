@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS imported_peers (peer TEXT PRIMARY KEY, stale INTEGER 
 """
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 _encoder = msgspec.json.Encoder()
 _instance_decoder = msgspec.json.Decoder(ServiceInstance)
@@ -103,19 +104,34 @@ class FeedRow(msgspec.Struct, frozen=True):
     ChangedAt: float
 
 
+def on_loop(callback: Callable[[A], None]) -> Callable[[A], None]:
+    """``callback`` made callable from any thread: it always runs on the current event loop
+    (bulk writes commit in worker threads; anyio events are not thread-safe)."""
+    token = anyio.lowlevel.current_token()
+    loop_thread = threading.get_ident()
+
+    def call(argument: A) -> None:
+        if threading.get_ident() == loop_thread:
+            callback(argument)
+            return
+        # RuntimeError: the loop has stopped, so nobody can be waiting any more.
+        with contextlib.suppress(RuntimeError):
+            anyio.from_thread.run_sync(callback, argument, token=token)
+
+    return call
+
+
 class IndexNotifier:
     """Wakes blocking queries when the catalog index moves.
 
-    ``bind`` runs inside the event loop; ``notify`` may then be called from any thread (the
-    store commits in worker threads) and hops onto the loop, because anyio events are not
-    thread-safe.
+    ``bind`` runs inside the event loop; ``notify`` may then be called from any thread (bulk
+    writes commit in worker threads) and hops onto the loop (``on_loop``).
     """
 
     def __init__(self, index: int = 0) -> None:
         self._index = index
         self._event: anyio.Event | None = None
-        self._token: anyio.lowlevel.EventLoopToken | None = None
-        self._loop_thread: int | None = None
+        self._wake_on_loop: Callable[[int], None] = self._wake  # until bound to a loop
         self._closed = False
 
     @property
@@ -124,18 +140,12 @@ class IndexNotifier:
 
     def bind(self, index: int) -> None:
         """Attach to the running event loop, starting from the store's current index."""
-        self._token = anyio.lowlevel.current_token()
-        self._loop_thread = threading.get_ident()
+        self._wake_on_loop = on_loop(self._wake)
         self._index = max(self._index, index)
 
     def notify(self, index: int) -> None:
         """Record that the index reached ``index`` and wake every waiter."""
-        if self._token is None or threading.get_ident() == self._loop_thread:
-            self._wake(index)
-            return
-        # RuntimeError: the loop has stopped, so nobody can be waiting any more.
-        with contextlib.suppress(RuntimeError):
-            anyio.from_thread.run_sync(self._wake, index, token=self._token)
+        self._wake_on_loop(index)
 
     def _wake(self, index: int) -> None:
         self._index = max(self._index, index)
@@ -155,23 +165,6 @@ class IndexNotifier:
                 self._event = anyio.Event()
             await self._event.wait()
         return self._index
-
-
-def on_loop(callback: Callable[[frozenset[str]], None]) -> Callable[[frozenset[str]], None]:
-    """``callback`` made callable from any thread: it always runs on the current event loop
-    (the store commits in worker threads; anyio events are not thread-safe)."""
-    token = anyio.lowlevel.current_token()
-    loop_thread = threading.get_ident()
-
-    def call(peers: frozenset[str]) -> None:
-        if threading.get_ident() == loop_thread:
-            callback(peers)
-            return
-        # RuntimeError: the loop has stopped, so nobody can be waiting any more.
-        with contextlib.suppress(RuntimeError):
-            anyio.from_thread.run_sync(callback, peers, token=token)
-
-    return call
 
 
 async def write_on_loop(store: Store, fn: Callable[..., T], *args: Any) -> T:
