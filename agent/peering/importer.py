@@ -45,6 +45,20 @@ class _Resync(Exception):
         self.why = why
 
 
+def resync_needed(effects: list[tuple[int, list[reducer.Effect]]]) -> reducer.ResyncRequired | None:
+    """The first gap a poll reveals, unless the poll also ends the stream.
+
+    A Terminated after a gap is still the peer's last word: its exporter may have been
+    stopped with a Seq block reserved (the peering being deleted), so its Terminated comes
+    after a skipped range. Rebuilding would swallow the termination; the peering is over,
+    so there is nothing left to repair.
+    """
+    flat = [e for _, record_effects in effects for e in record_effects]
+    if any(isinstance(e, reducer.PeerTerminated) for e in flat):
+        return None
+    return next((e for e in flat if isinstance(e, reducer.ResyncRequired)), None)
+
+
 def _touched_keys(effects: list[tuple[int, list[reducer.Effect]]]) -> list[str]:
     """The instance keys one batch upserted or removed, each once, sorted."""
     touched: set[str] = set()
@@ -77,15 +91,7 @@ class Importer:
             now,
             self.cursor.state,
         )
-        resync = next(
-            (
-                e
-                for _, effects in ingested.effects
-                for e in effects
-                if isinstance(e, reducer.ResyncRequired)
-            ),
-            None,
-        )
+        resync = resync_needed(ingested.effects)
         if resync is not None:
             raise _Resync(resync)
         # Net changes of the batch: the final instance of each touched key, or its removal.
