@@ -68,7 +68,11 @@ CREATE INDEX IF NOT EXISTS exported_changes_by_peer ON exported_changes (peer, s
 CREATE TABLE IF NOT EXISTS imported (
     peer TEXT NOT NULL, key TEXT NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (peer, key));
-CREATE INDEX IF NOT EXISTS imported_by_name ON imported (peer, name);
+-- (peer, name, key) serves a health query's WHERE and its ORDER BY key together. The older
+-- (peer, name) index lost to the primary key, which the planner chose to skip the sort: every
+-- query for one service then scanned the peer's whole imported set.
+DROP INDEX IF EXISTS imported_by_name;
+CREATE INDEX IF NOT EXISTS imported_by_service ON imported (peer, name, key);
 CREATE TABLE IF NOT EXISTS imported_peers (peer TEXT PRIMARY KEY, stale INTEGER NOT NULL);
 """
 

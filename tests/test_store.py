@@ -249,6 +249,31 @@ def test_imported_catalog_is_separate(store: Store) -> None:
     assert store.imported_peers() == []
 
 
+def test_one_imported_service_is_read_without_scanning_the_peer(store: Store) -> None:
+    """A health query for one imported service reads that service's rows, not the peer's
+    whole imported set (which the planner once scanned to skip a sort).
+
+    Counted in SQLite VM steps, not time: the same on every machine."""
+    store.replace_imported(
+        "beta", [web(f"s{n // 10}-{n % 10}", name=f"s{n // 10}") for n in range(5000)]
+    )
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # go on
+
+    with store._read() as conn:  # this thread's reader connection, reused by the reads below
+        conn.set_progress_handler(count, 100)
+    got = store.imported_instances("beta", "s42")
+    assert [i.ID for i in got] == [f"s42-{n}" for n in range(10)]
+    one_service, steps = steps, 0
+    assert len(store.imported_instances("beta")) == 5000
+    whole_peer = steps
+    assert one_service * 50 < whole_peer, (one_service, whole_peer)
+
+
 def test_on_change_called_after_commit(tmp_path: Path) -> None:
     """The change callback sees the new index, and only for real changes."""
     seen: list[int] = []
