@@ -16,7 +16,9 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol, TypeVar
 
+import immutables
 import msgspec
 
 from agent import crypto
@@ -57,10 +59,25 @@ class ImportMode(enum.StrEnum):
     REBUILD = "rebuild"
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _persistent(mapping: Mapping[_K, _V]) -> immutables.Map[_K, _V]:
+    """``mapping`` as a persistent map: as it is when the reducer made it, else one O(n) copy
+    (a state decoded from JSON, loaded from the store or built by a test)."""
+    return mapping if isinstance(mapping, immutables.Map) else immutables.Map(mapping)
+
+
 class ImportState(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the importer knows about one stream; persisted atomically by the shell."""
 
-    Instances: dict[str, ServiceInstance] = msgspec.field(default_factory=dict)
+    # A persistent map (immutables.Map) once the reducer touched it: a batch then costs
+    # O(changes · log n) and shares the rest with the previous state, where copying a dict to
+    # stay pure cost milliseconds per batch at 100k instances. Typed as a Mapping because
+    # msgspec can neither encode nor decode an immutables.Map: decoding gives a dict, which
+    # ``_persistent`` converts once, and the store encodes the state without its instances.
+    Instances: Mapping[str, ServiceInstance] = msgspec.field(default_factory=immutables.Map)
     LastOffset: int = -1
     LastSeq: int = 0
     # Epoch of the last applied event; 0 before the first one.
@@ -142,25 +159,45 @@ def apply(
     mode: ImportMode = ImportMode.LIVE,
 ) -> tuple[ImportState, list[Effect]]:
     """Fold one record (at Kafka ``offset``) into the state. Never raises for bad input."""
-    instances = state.Instances  # copied on first write only
-    new_state, effects, changes = _fold(state, offset, decoded, now, mode)
+    new_state, effects, changes = _fold(state, state.Instances, offset, decoded, now, mode)
     if changes:
-        instances = dict(instances)
-        for key, instance in changes:
-            if instance is None:
-                instances.pop(key, None)
-            else:
-                instances[key] = instance
-        new_state = msgspec.structs.replace(new_state, Instances=instances)
+        # The new map shares all but the changed paths with the old one, which stays valid.
+        with _persistent(state.Instances).mutate() as instances:
+            _change(instances, changes)
+            new_state = msgspec.structs.replace(new_state, Instances=instances.finish())
     return new_state, effects
 
 
 _Change = tuple[str, ServiceInstance | None]
 
 
+class _Instances(Protocol):
+    """What the fold reads of the imported set: a Mapping, or a map under mutation."""
+
+    def __contains__(self, key: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+
+
+def _change(
+    instances: immutables.MapMutation[str, ServiceInstance], changes: list[_Change]
+) -> None:
+    for key, instance in changes:
+        if instance is None:
+            instances.pop(key, None)
+        else:
+            instances[key] = instance
+
+
 def _fold(
-    state: ImportState, offset: int, decoded: Decoded, now: float, mode: ImportMode
+    state: ImportState,
+    instances: _Instances,
+    offset: int,
+    decoded: Decoded,
+    now: float,
+    mode: ImportMode,
 ) -> tuple[ImportState, list[Effect], list[_Change]]:
+    """Fold one record; ``instances`` is the imported set before it (``state.Instances`` may
+    lag behind it inside ``ingest``). The changes to the set are returned, not applied."""
     replace = msgspec.structs.replace
     if offset <= state.LastOffset:
         if not isinstance(decoded, Reject) and decoded.Seq > state.LastSeq:
@@ -186,11 +223,11 @@ def _fold(
         state, LastOffset=offset, LastSeq=decoded.Seq, Epoch=decoded.Epoch, LastReceiveAt=now
     )
     changes: list[_Change] = []
-    event_effects, state = _dispatch(state, decoded, offset, now, changes)
+    event_effects, state = _dispatch(state, instances, decoded, offset, now, changes)
     effects.extend(event_effects)
     if live and isinstance(decoded, Heartbeat | StreamHead) and decoded.LiveKeys >= 0:
         # Heartbeats and heads change no instance, so the count is the current one.
-        count = len(state.Instances)
+        count = len(instances)
         if count != decoded.LiveKeys:
             detail = f"peer has {decoded.LiveKeys} live keys, we have {count}"
             effects.append(ResyncRequired(ResyncReason.COUNT_MISMATCH, detail))
@@ -199,6 +236,7 @@ def _fold(
 
 def _dispatch(
     state: ImportState,
+    instances: _Instances,
     event: Event | UnknownEvent,
     offset: int,
     now: float,
@@ -210,7 +248,7 @@ def _dispatch(
             changes.append((event.Key, event.Instance))
             return [Upserted(event.Key, event.Instance, event.ChangedAt)], state
         case InstanceRemove():
-            if event.Key not in state.Instances:
+            if event.Key not in instances:
                 return [], state
             changes.append((event.Key, None))
             return [Removed(event.Key, event.ChangedAt)], state
@@ -309,26 +347,23 @@ def ingest(
 ) -> Ingested:
     """Decode and fold a batch of records (a consumer poll, or a whole topic) in one go.
 
-    Same fold as ``apply``, but into one private copy of the instances: no intermediate state
-    escapes, so the per-record copy that keeps ``apply`` pure is not needed (linear, not
-    quadratic). The live loop commits the result and the batch's last offset in one SQLite
-    transaction; the keyring is part of that commit when a rotation happened.
+    Same fold as ``apply``, but the whole batch goes into one mutation of the persistent map
+    (in place, cheaper than a new map per record): no intermediate state escapes, and the
+    given state keeps its instances. The live loop commits the result and the batch's last
+    offset in one SQLite transaction; the keyring is part of that commit when a rotation
+    happened.
     """
     state = state or ImportState()
-    working = dict(state.Instances)
-    state = msgspec.structs.replace(state, Instances=working)
     per_record: list[tuple[int, list[Effect]]] = []
-    for offset, key, value in records:
-        decoded = decode_record(keyring, key, value)
-        state, effects, changes = _fold(state, offset, decoded, now, mode)
-        for changed_key, instance in changes:
-            if instance is None:
-                working.pop(changed_key, None)
-            else:
-                working[changed_key] = instance
-        keyring = _follow_keys(keyring, effects, importer_static_private, mode)
-        if effects:
-            per_record.append((offset, effects))
+    with _persistent(state.Instances).mutate() as working:
+        for offset, key, value in records:
+            decoded = decode_record(keyring, key, value)
+            state, effects, changes = _fold(state, working, offset, decoded, now, mode)
+            _change(working, changes)
+            keyring = _follow_keys(keyring, effects, importer_static_private, mode)
+            if effects:
+                per_record.append((offset, effects))
+        state = msgspec.structs.replace(state, Instances=working.finish())
     return Ingested(state=state, keyring=keyring, effects=per_record)
 
 
@@ -352,7 +387,9 @@ class PublisherState(msgspec.Struct, frozen=True, kw_only=True):
 
     Epoch: int = keys.FIRST_EPOCH
     NextSeq: int = 1
-    Published: dict[str, str] = msgspec.field(default_factory=dict)
+    # Key -> fingerprint, a persistent map for the same reason as ImportState.Instances (the
+    # store keeps it in its own table, so it is never encoded).
+    Published: Mapping[str, str] = msgspec.field(default_factory=immutables.Map)
 
 
 _DETERMINISTIC = msgspec.json.Encoder(order="deterministic")
@@ -373,37 +410,45 @@ def reconcile(
     """Events that bring the stream from ``state.Published`` to ``desired`` (keyed by
     events.instance_key). With ``head_reason``, a StreamHead closes the batch."""
     events: list[Event] = []
-    published = dict(state.Published)
+    # Keys to remove, taken before the mutation (which cannot be iterated): the upserts below
+    # only add keys that are desired, so none of them is among these.
+    gone = sorted(key for key in state.Published if key not in desired)
     seq = state.NextSeq
-    for key in sorted(desired):
-        instance = desired[key]
-        digest = fingerprint(instance)
-        if published.get(key) != digest:
-            events.append(
-                InstanceUpsert(
-                    Epoch=state.Epoch,
-                    Seq=seq,
-                    SentAt=now,
-                    Key=key,
-                    Instance=instance,
-                    ChangedAt=now,
+    with _persistent(state.Published).mutate() as published:
+        for key in sorted(desired):
+            instance = desired[key]
+            digest = fingerprint(instance)
+            if published.get(key) != digest:
+                events.append(
+                    InstanceUpsert(
+                        Epoch=state.Epoch,
+                        Seq=seq,
+                        SentAt=now,
+                        Key=key,
+                        Instance=instance,
+                        ChangedAt=now,
+                    )
                 )
+                published[key], seq = digest, seq + 1
+        for key in gone:
+            events.append(
+                InstanceRemove(Epoch=state.Epoch, Seq=seq, SentAt=now, Key=key, ChangedAt=now)
             )
-            published[key], seq = digest, seq + 1
-    for key in sorted(set(published) - set(desired)):
-        events.append(
-            InstanceRemove(Epoch=state.Epoch, Seq=seq, SentAt=now, Key=key, ChangedAt=now)
-        )
-        del published[key]
-        seq += 1
+            del published[key]
+            seq += 1
+        new_published = published.finish()
     if head_reason:
         events.append(
             StreamHead(
-                Epoch=state.Epoch, Seq=seq, SentAt=now, LiveKeys=len(published), Reason=head_reason
+                Epoch=state.Epoch,
+                Seq=seq,
+                SentAt=now,
+                LiveKeys=len(new_published),
+                Reason=head_reason,
             )
         )
         seq += 1
-    return msgspec.structs.replace(state, NextSeq=seq, Published=published), events
+    return msgspec.structs.replace(state, NextSeq=seq, Published=new_published), events
 
 
 def republish_all(
@@ -415,7 +460,8 @@ def republish_all(
 ) -> tuple[PublisherState, list[Event]]:
     """Full republish (topic lost records, or after a rotation), closed by a StreamHead.
     Keys published before but no longer desired are removed too."""
-    fresh = msgspec.structs.replace(state, Published=dict.fromkeys(state.Published, ""))
+    forgotten = immutables.Map((key, "") for key in state.Published)
+    fresh = msgspec.structs.replace(state, Published=forgotten)
     state, events = reconcile(fresh, desired, now, head_reason=reason)
     if retire_epochs_below and events and isinstance(events[-1], StreamHead):
         events[-1] = msgspec.structs.replace(events[-1], RetireEpochsBelow=retire_epochs_below)
@@ -505,33 +551,35 @@ def publish_changes(
     for key, instance, changed_at in changes:
         latest.pop(key, None)  # re-insert so the key takes its newest position in the order
         latest[key] = (instance, changed_at)
-    published = dict(state.Published)
     seq = state.NextSeq
     events: list[Event] = []
-    for key, (instance, changed_at) in latest.items():
-        if instance is None:
-            if key not in published:
-                continue
-            del published[key]
-            events.append(
-                InstanceRemove(
-                    Epoch=state.Epoch, Seq=seq, SentAt=now, Key=key, ChangedAt=changed_at
+    # O(changes · log n): the previous state's map is shared, not copied.
+    with _persistent(state.Published).mutate() as published:
+        for key, (instance, changed_at) in latest.items():
+            if instance is None:
+                if key not in published:
+                    continue
+                del published[key]
+                events.append(
+                    InstanceRemove(
+                        Epoch=state.Epoch, Seq=seq, SentAt=now, Key=key, ChangedAt=changed_at
+                    )
                 )
-            )
-        else:
-            digest = fingerprint(instance)
-            if published.get(key) == digest:
-                continue
-            published[key] = digest
-            events.append(
-                InstanceUpsert(
-                    Epoch=state.Epoch,
-                    Seq=seq,
-                    SentAt=now,
-                    Key=key,
-                    Instance=instance,
-                    ChangedAt=changed_at,
+            else:
+                digest = fingerprint(instance)
+                if published.get(key) == digest:
+                    continue
+                published[key] = digest
+                events.append(
+                    InstanceUpsert(
+                        Epoch=state.Epoch,
+                        Seq=seq,
+                        SentAt=now,
+                        Key=key,
+                        Instance=instance,
+                        ChangedAt=changed_at,
+                    )
                 )
-            )
-        seq += 1
-    return msgspec.structs.replace(state, NextSeq=seq, Published=published), events
+            seq += 1
+        new_published = published.finish()
+    return msgspec.structs.replace(state, NextSeq=seq, Published=new_published), events

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 
+import immutables
 import msgspec
 
 from agent import catalog
@@ -145,7 +146,8 @@ class PeeringTables:
                 " WHERE peering_id = ?",
                 (peering_id,),
             ).fetchone()
-            published = dict(
+            # A persistent map from the start, as the reducer keeps it (see PublisherState).
+            published: immutables.Map[str, str] = immutables.Map(
                 conn.execute(
                     "SELECT key, fingerprint FROM published WHERE peering_id = ?", (peering_id,)
                 ).fetchall()
@@ -228,9 +230,8 @@ class PeeringTables:
                 "SELECT state, keyring FROM import_cursor WHERE peering_id = ?", (peering_id,)
             ).fetchone()
             bodies = conn.execute("SELECT body FROM imported WHERE peer = ?", (peer,)).fetchall()
-        instances = {
-            instance_key(inst.ID): inst for inst in (_instance_decoder.decode(b[0]) for b in bodies)
-        }
+        loaded = (_instance_decoder.decode(b[0]) for b in bodies)
+        instances = immutables.Map((instance_key(inst.ID), inst) for inst in loaded)
         if row is None:
             return ImportCursor(state=ImportState(Instances=instances), keyring=initial_keyring)
         state = _import_state_decoder.decode(row[0])
@@ -257,6 +258,7 @@ class PeeringTables:
         """
         ups = list(upserts)
         removed = [_wire_to_local(k) for k in removed_keys]
+        # Without the instances (they are rows of ``imported``; msgspec cannot encode the map).
         state_body = _encoder.encode(msgspec.structs.replace(cursor.state, Instances={}))
         keyring_body = _encoder.encode(cursor.keyring)
 

@@ -54,7 +54,7 @@ def main() -> None:
     batches = time.perf_counter()
     rebuilt, _, _ = rebuild(records, keyring, importer_private, now=0.0)
     done = time.perf_counter()
-    assert rebuilt.Instances == state.Instances == batched.Instances == desired
+    assert dict(rebuilt.Instances) == dict(state.Instances) == dict(batched.Instances) == desired
 
     size = sum(len(value or b"") for _, _, value in records) / len(records)
     print(f"records: {count}, mean value size {size:.0f} bytes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import immutables
 import msgspec
 
 from agent import crypto
@@ -88,7 +89,7 @@ def test_upserts_and_removes_reach_the_imported_set() -> None:
     pub, events = reconcile(pub, view(2, 3), NOW)
     topic.publish(events)
     state, effects = run_live(ImportState(), topic)
-    assert state.Instances == view(2, 3)
+    assert dict(state.Instances) == view(2, 3)
     assert Removed(instance_key("web-1"), changed_at=NOW) in effects
     assert state.LastSeq == pub.NextSeq - 1
     assert state.LastOffset == len(topic.records) - 1
@@ -130,14 +131,14 @@ def test_replayed_record_appended_later_is_rejected() -> None:
     _, key, value = topic.records[0]
     topic.records.append((len(topic.records), key, value))  # the old upsert again
     state, effects = run_live(ImportState(), topic)
-    assert state.Instances == {}
+    assert dict(state.Instances) == {}
     assert effects[-1] == Rejected(RejectReason.REPLAY, 2, "seq 1")
 
 
 def test_forged_records_are_counted_and_do_nothing() -> None:
     """Rejects advance the offset (so the shell commits past them) but change no instance."""
     state, effects = apply(ImportState(), 5, Reject(RejectReason.DECRYPT_FAILED), NOW)
-    assert state.Instances == {}
+    assert dict(state.Instances) == {}
     assert state.LastOffset == 5
     assert state.LastReceiveAt == 0.0
     assert effects == [Rejected(RejectReason.DECRYPT_FAILED, 5)]
@@ -193,7 +194,7 @@ def test_old_epoch_record_after_rotation_is_rejected() -> None:
     steps = list(replay(topic.records, peers.a2d, peers.dialer_private, NOW, mode=ImportMode.LIVE))
     final_state = steps[-1][0].state
     assert instance_key("web-9") not in final_state.Instances
-    assert final_state.Instances == view(1, 2)
+    assert dict(final_state.Instances) == view(1, 2)
     assert steps[-1][0].effects == [
         Rejected(RejectReason.OLD_EPOCH, len(topic.records) - 1, "epoch 1")
     ]
@@ -216,7 +217,7 @@ def test_rotation_loses_and_repeats_nothing() -> None:
     topic.publish([hb])
     steps = list(replay(topic.records, peers.a2d, peers.dialer_private, NOW, mode=ImportMode.LIVE))
     final, keyring = steps[-1]
-    assert final.state.Instances == view(2, 3)
+    assert dict(final.state.Instances) == view(2, 3)
     assert keyring.CurrentEpoch == 2
     assert set(keyring.EpochSecrets) == {2}
     effects = [e for step, _ in steps for e in step.effects]
@@ -242,7 +243,7 @@ def test_rebuild_from_compacted_topic_equals_exported_view() -> None:
     compacted = topic.compacted()
     assert len(compacted) < len(topic.records)
     state, keyring, rejects = rebuild(compacted, peers.a2d, peers.dialer_private, NOW)
-    assert state.Instances == view(3, 4, 5)
+    assert dict(state.Instances) == view(3, 4, 5)
     assert rejects == []
     assert keyring.CurrentEpoch == 2
     assert state.PeerLiveKeys == 3
@@ -349,7 +350,7 @@ def test_crash_between_reserve_and_ack_loses_no_change() -> None:
     assert events[0].Seq > lost_events[-1].Seq
     topic.publish(events)
     state, effects = run_live(state, topic, start=len(topic.records) - len(events))
-    assert state.Instances == view(1, 2)
+    assert dict(state.Instances) == view(1, 2)
     assert any(isinstance(e, ResyncRequired) and e.why is ResyncReason.SEQ_GAP for e in effects)
 
 
@@ -402,11 +403,46 @@ def test_ingest_in_batches_equals_record_by_record_apply() -> None:
         before = state
         snapshot = dict(before.Instances)
         result = ingest(topic.records[start : start + 3], keyring, peers.dialer_private, NOW, state)
-        assert before.Instances == snapshot
+        assert dict(before.Instances) == snapshot
         state, keyring = result.state, result.keyring
-    assert state.Instances == expected.Instances == view(5)
+    assert dict(state.Instances) == dict(expected.Instances) == view(5)
     assert state.LastOffset == expected.LastOffset
     assert state.LastSeq == expected.LastSeq
+
+
+def test_one_change_to_a_large_state_leaves_the_previous_state_untouched() -> None:
+    """Folding one change into a state with many instances (importer) or fingerprints
+    (exporter) gives a new persistent map, sharing the unchanged entries with the old one,
+    with the new value; the old state still holds the old value."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    many = range(1, 2001)
+    key = instance_key("web-7")
+    changed = inst(7, CheckStatus.CRITICAL)
+    topic.publish(
+        [InstanceUpsert(Epoch=1, Seq=1, SentAt=NOW, Key=key, Instance=changed, ChangedAt=NOW)]
+    )
+    old = ImportState(Instances=immutables.Map(view(*many)))
+    for new in (
+        apply(old, 0, decode_record(peers.a2d, *topic.records[0][1:]), NOW)[0],
+        ingest(topic.records, peers.a2d, peers.dialer_private, NOW, old).state,
+    ):
+        assert isinstance(new.Instances, immutables.Map)
+        assert new.Instances[key] == changed
+        assert old.Instances[key] == inst(7)
+        assert len(new.Instances) == len(old.Instances) == len(many)
+        other = instance_key("web-8")
+        assert new.Instances[other] is old.Instances[other]
+
+    published = immutables.Map({instance_key(f"web-{n}"): fingerprint(inst(n)) for n in many})
+    pub = PublisherState(Published=published)
+    after, events = publish_changes(pub, [(key, changed, NOW)], NOW)
+    assert len(events) == 1
+    assert isinstance(after.Published, immutables.Map)
+    assert after.Published[key] == fingerprint(changed)
+    assert pub.Published[key] == fingerprint(inst(7))
+    assert pub.Published is published
+    assert len(after.Published) == len(pub.Published) == len(many)
 
 
 def test_publish_changes_coalesces_bursts_and_skips_no_ops() -> None:
