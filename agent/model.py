@@ -34,7 +34,9 @@ def worst(statuses: list[CheckStatus] | tuple[CheckStatus, ...]) -> CheckStatus:
     return result
 
 
-class HealthCheck(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+# gc=False on both value types: made of strings, numbers and tuples of them, they can't form
+# a reference cycle, and 100k imported instances made every full collection walk them.
+class HealthCheck(msgspec.Struct, frozen=True, forbid_unknown_fields=False, gc=False):
     """One health check of a service instance, as Consul's /v1/health/service shows it."""
 
     CheckID: str
@@ -48,7 +50,7 @@ class HealthCheck(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     TTLSeconds: float = 0.0
 
 
-class ServiceInstance(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+class ServiceInstance(msgspec.Struct, frozen=True, forbid_unknown_fields=False, gc=False):
     """A registered service instance with its checks."""
 
     ID: str

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import socket
@@ -327,6 +328,10 @@ async def run_agent(
                 for ext in added:
                     for name, task in ext.tasks:
                         tg.start_soon(_supervised, name, task)
+                # Everything made so far (modules, the app, the store) lives as long as the
+                # process: out of the collector's sight, a full collection no longer walks
+                # it, which cost bulk imports and publishes a fifth of their throughput.
+                gc.freeze()
                 log.info(
                     "agent %s ready: HTTP on http://%s, data dir %s (%.2fs)",
                     config.name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -303,3 +305,12 @@ def test_entry_json_roundtrip_consul_shape() -> None:
     doc = msgspec.json.decode(msgspec.json.encode(e))
     assert doc["Services"] == [{"Name": "web", "Consumers": [{"Peer": "beta"}]}]
     assert doc["Kind"] == "exported-services"
+
+
+def test_instances_and_checks_stay_out_of_the_garbage_collector() -> None:
+    """Value types of strings, numbers and tuples can't form a reference cycle, so they are
+    not GC-tracked (gc=False): 100k imported instances made every full collection walk them."""
+    check = HealthCheck(CheckID="service:web-1", Name="ttl")
+    instance = ServiceInstance(ID="web-1", Name="web", Meta={"team": "a"}, Checks=(check,))
+    assert not gc.is_tracked(instance)
+    assert not gc.is_tracked(check)
