@@ -131,8 +131,16 @@ def erase_import(data_dir: Path, peer: str) -> None:
     conn.close()
 
 
+# Propagation with a large catalog: fewer samples than the headline figure (each size has its
+# own agents to warm), the same interleaved floor.
+SIZE_CHANGES = 60
+SIZE_WARM_FLOOR = 50
+SIZE_WARM_CHANGES = 10
+
+
 def catalog_round(work: Path, bootstrap: str, count: int, report: dict[str, Any]) -> None:
-    """Throughput (load, then update every instance) and cold import for ``count`` instances."""
+    """Throughput (load, then update every instance), propagation of one change with
+    ``count`` instances in both catalogs, and cold import, for ``count`` instances."""
     svc = work / f"services-{count}.json"
     services_file(svc, 0, 1)
     east = Agent(f"east{count}", bootstrap, work, heartbeat=5, services_file=svc)
@@ -174,6 +182,22 @@ def catalog_round(work: Path, bootstrap: str, count: int, report: dict[str, Any]
             "seconds_from_process_start": round(done - west.started, 2),
             "peak_rss_mb": round(west.peak_rss_mb(), 1),
         }
+        # "*" is exported: the bench service joins the same stream as the count instances.
+        samples = anyio.run(
+            lambda: latency.measure(
+                bootstrap, east.url, [(west.url, "east")], SIZE_CHANGES,
+                warm_floor=SIZE_WARM_FLOOR, warm_changes=SIZE_WARM_CHANGES,
+            )
+        )  # fmt: skip
+        figures = samples.report()
+        report["propagation_by_size"].append(
+            {
+                "instances": count,
+                "floor": figures["floor"],
+                "propagation": figures["propagation"],
+                "ratio_p50_to_floor": figures["ratio_p50_to_floor"],
+            }
+        )
         report["throughput_load"].append(load)
         report["throughput_update"].append(update)
         report["cold_import"].append(cold)
@@ -297,6 +321,13 @@ def table(report: dict[str, Any]) -> str:
             stream = f"{run['stream_per_s']:,}/s" if run["stream_per_s"] else "(too quick)"
             rates = f"{run['end_to_end_per_s']:,}/s end to end, {stream} stream"
             rows.append((f"throughput {kind} {run['instances']:,} instances", rates, ">= 20,000/s"))
+    for size in report.get("propagation_by_size", []):
+        prop = size["propagation"]
+        figure = (
+            f"p50 {prop['p50_ms']} ms, p99 {prop['p99_ms']} ms, {size['ratio_p50_to_floor']:.1f}x"
+            f" floor (floor p50 {size['floor']['p50_ms']} ms)"
+        )
+        rows.append((f"propagation, {size['instances']:,} instances in the catalog", figure, ""))
     for cold in report["cold_import"]:
         target = "< 10 s, < 300 MB" if cold["instances"] >= 100_000 else ""
         figure = f"{cold['seconds_from_process_start']} s, {cold['peak_rss_mb']} MB RSS"
@@ -338,6 +369,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "machine": {"nproc": os.cpu_count(), "python": sys.version.split()[0]},
         "throughput_load": [], "throughput_update": [], "cold_import": [], "fanout": [],
+        "propagation_by_size": [],
     }  # fmt: skip
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -378,7 +410,7 @@ def main() -> None:
             progress("codec")
             report["codec"] = codec_cost(20_000)
             for count in sizes:
-                progress(f"throughput and cold import, {count} instances")
+                progress(f"throughput, propagation and cold import, {count} instances")
                 catalog_round(work, broker.bootstrap, count, report)
             progress(f"fan-out to {peer_counts} peers, then quiet")
             fanout_round(work, broker.bootstrap, peer_counts, fan_changes, 20.0, report)
