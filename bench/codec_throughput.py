@@ -59,8 +59,8 @@ def main() -> None:
     size = sum(len(value or b"") for _, _, value in records) / len(records)
     print(f"records: {count}, mean value size {size:.0f} bytes")
     print(f"encode:          {count / (encoded - started):>10,.0f} records/s")
-    print(f"decode + apply:  {count / (live - encoded):>10,.0f} records/s (live, copy per change)")
-    print(f"ingest (500):    {count / (batches - live):>10,.0f} records/s (live, copy per poll)")
+    print(f"decode + apply:  {count / (live - encoded):>10,.0f} records/s (live, per record)")
+    print(f"ingest (500):    {count / (batches - live):>10,.0f} records/s (live, per poll)")
     print(f"rebuild:         {count / (done - batches):>10,.0f} records/s")
 
 
