@@ -13,6 +13,8 @@ they depend on what was applied before.
 
 from __future__ import annotations
 
+import functools
+
 import msgspec
 
 from agent import crypto
@@ -61,13 +63,19 @@ _EVENT_DECODER = msgspec.msgpack.Decoder(Event)
 
 
 def _aad(keyring: StreamKeyring, epoch: int, record_key: bytes) -> bytes:
+    # frame(a, ..., e, key) == frame(a, ..., e) + frame(key): the stream's part is framed once
+    # per epoch, not for every record on both ends.
+    return _aad_prefix(keyring.PeeringID, keyring.StreamDirection, epoch) + crypto.frame(record_key)
+
+
+@functools.lru_cache(maxsize=256)
+def _aad_prefix(peering_id: str, direction: keys.Direction, epoch: int) -> bytes:
     return crypto.frame(
         b"stream record",
         b"%d" % ENVELOPE_VERSION,
-        keyring.PeeringID.encode(),
-        keyring.StreamDirection.value.encode(),
+        peering_id.encode(),
+        direction.value.encode(),
         b"%d" % epoch,
-        record_key,
     )
 
 
