@@ -281,10 +281,14 @@ def codec_cost(instances: int) -> dict[str, float]:
         capture_output=True, text=True, check=True, cwd=REPO,
     )  # fmt: skip
     rates: dict[str, float] = {}
+    stages: dict[str, float] = {}
     for line in out.stdout.splitlines():
         if "records/s" in line:
             label, rest = line.split(":", 1)
             rates[label.strip()] = float(rest.split()[0].replace(",", ""))
+        elif line.startswith("  "):  # a profile stage: "  <stage>   <µs>"
+            stage, _, us = line.strip().rpartition(" ")
+            stages[stage.strip()] = float(us)
     encode = 1e6 / rates["encode"]
     ingest = 1e6 / rates["ingest (500)"]
     return {
@@ -292,6 +296,7 @@ def codec_cost(instances: int) -> dict[str, float]:
         "decrypt_decode_apply_us": round(ingest, 1),
         "total_us": round(encode + ingest, 1),
         "rebuild_us": round(1e6 / rates["rebuild"], 1),
+        "profile_us": stages,
     }
 
 
