@@ -409,46 +409,25 @@ def reconcile(
 ) -> tuple[PublisherState, list[Event]]:
     """Events that bring the stream from ``state.Published`` to ``desired`` (keyed by
     events.instance_key). With ``head_reason``, a StreamHead closes the batch."""
-    events: list[Event] = []
-    # Keys to remove, taken before the mutation (which cannot be iterated): the upserts below
-    # only add keys that are desired, so none of them is among these.
+    # The same events as a feed batch holding every desired instance, then a removal of each
+    # published key no longer desired: publish_changes skips what is already published.
     gone = sorted(key for key in state.Published if key not in desired)
-    seq = state.NextSeq
-    with _persistent(state.Published).mutate() as published:
-        for key in sorted(desired):
-            instance = desired[key]
-            digest = fingerprint(instance)
-            if published.get(key) != digest:
-                events.append(
-                    InstanceUpsert(
-                        Epoch=state.Epoch,
-                        Seq=seq,
-                        SentAt=now,
-                        Key=key,
-                        Instance=instance,
-                        ChangedAt=now,
-                    )
-                )
-                published[key], seq = digest, seq + 1
-        for key in gone:
-            events.append(
-                InstanceRemove(Epoch=state.Epoch, Seq=seq, SentAt=now, Key=key, ChangedAt=now)
-            )
-            del published[key]
-            seq += 1
-        new_published = published.finish()
+    changes: list[tuple[str, ServiceInstance | None, float]] = [
+        (key, desired[key], now) for key in sorted(desired)
+    ]
+    changes += [(key, None, now) for key in gone]
+    state, events = publish_changes(state, changes, now)
     if head_reason:
-        events.append(
-            StreamHead(
-                Epoch=state.Epoch,
-                Seq=seq,
-                SentAt=now,
-                LiveKeys=len(new_published),
-                Reason=head_reason,
-            )
+        head = StreamHead(
+            Epoch=state.Epoch,
+            Seq=state.NextSeq,
+            SentAt=now,
+            LiveKeys=len(state.Published),
+            Reason=head_reason,
         )
-        seq += 1
-    return msgspec.structs.replace(state, NextSeq=seq, Published=new_published), events
+        events.append(head)
+        state = msgspec.structs.replace(state, NextSeq=state.NextSeq + 1)
+    return state, events
 
 
 def republish_all(
