@@ -347,6 +347,9 @@ async def run_agent(
     finally:
         store.set_on_change(None)
         store.close()
+        # An agent run inside a longer process (tests, an embedding program) leaves nothing
+        # out of the collector's sight once it stops.
+        gc.unfreeze()
 
 
 def run(config: AgentConfig, extensions: Sequence[ExtensionFactory] = ()) -> int:
