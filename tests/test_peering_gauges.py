@@ -8,7 +8,7 @@ import httpx
 
 from agent.devbroker import DevBroker
 from agent.model import ServiceInstance
-from agent.peering.exporter import ExportedCounts
+from agent.peering.counts import ExportedCounts
 from tests.acceptance_helpers import AgentFactory, metric, peered_pair
 from tests.peering_helpers import export, register, wait_for
 

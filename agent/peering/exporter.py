@@ -21,6 +21,7 @@ import msgspec
 from agent import kafka_client, metrics, reducer
 from agent.model import ServiceInstance
 from agent.peering.context import PeeringContext, PeeringSignals, kafka_label
+from agent.peering.counts import ExportedCounts
 from agent.peering.records import PeeringRecord
 from agent.peering_state import RecordSent
 from agent.store import write_on_loop
@@ -47,37 +48,6 @@ def _fingerprint_changes(events: list[Event]) -> dict[str, str | None]:
         elif isinstance(event, InstanceRemove):
             changes[event.Key] = None
     return changes
-
-
-class ExportedCounts:
-    """Instances and distinct services in one peer's exported view, kept up to date change
-    by change: the gauges must not re-read the whole view after every change (at 100k
-    exported instances that read held the event loop for 300 ms per register)."""
-
-    def __init__(self, view: dict[str, ServiceInstance] | None = None) -> None:
-        self._service_of: dict[str, str] = {}
-        self._per_service: Counter[str] = Counter()
-        for key, instance in (view or {}).items():
-            self.put(key, instance)
-
-    def put(self, key: str, instance: ServiceInstance | None) -> None:
-        """``key`` now holds ``instance`` (None: removed)."""
-        old = self._service_of.pop(key, None)
-        if old is not None:
-            self._per_service[old] -= 1
-            if self._per_service[old] <= 0:
-                del self._per_service[old]
-        if instance is not None:
-            self._service_of[key] = instance.Name
-            self._per_service[instance.Name] += 1
-
-    @property
-    def instances(self) -> int:
-        return len(self._service_of)
-
-    @property
-    def services(self) -> int:
-        return len(self._per_service)
 
 
 class Exporter:

@@ -17,8 +17,8 @@ import anyio.to_thread
 import msgspec
 
 from agent import kafka_client, metrics, reducer
-from agent.model import ServiceInstance
 from agent.peering.context import PeeringContext, kafka_label
+from agent.peering.counts import ServiceCounts
 from agent.peering.records import PeeringRecord
 from agent.peering_state import PeerTerminated, RecordReceived
 from agent.store import write_on_loop
@@ -78,7 +78,7 @@ class Importer:
         self.last_republish_request = float("-inf")
         # Instances per imported service, kept up to date batch by batch: recounting walked
         # the whole imported set per poll (at 100k instances, more time than applying).
-        self.per_service = Counter(i.Name for i in self.cursor.state.Instances.values())
+        self.per_service = ServiceCounts(i.Name for i in self.cursor.state.Instances.values())
 
     async def apply_batch(self, batch: list[kafka_client.Record]) -> bool:
         """Fold and commit one poll; False when the peer terminated the peering."""
@@ -100,9 +100,10 @@ class Importer:
         upserts = [after[k] for k in touched if k in after]
         removed = [k for k in touched if k not in after]
         for key in touched:
-            self._count_out(before.get(key))
+            if key in before:
+                self.per_service.remove(before[key].Name)
             if key in after:
-                self.per_service[after[key].Name] += 1
+                self.per_service.add(after[key].Name)
         self.cursor = ImportCursor(state=ingested.state, keyring=ingested.keyring)
         await write_on_loop(
             ctx.store,
@@ -153,13 +154,6 @@ class Importer:
             metrics.LAST_RECEIVED.labels(peer=name).set(now)
             self.ctx.tracker.feed(name, RecordReceived(now, heartbeat=heartbeat))
 
-    def _count_out(self, instance: ServiceInstance | None) -> None:
-        if instance is None:
-            return
-        self.per_service[instance.Name] -= 1
-        if self.per_service[instance.Name] <= 0:
-            del self.per_service[instance.Name]
-
     def update_gauges(self) -> None:
         name = self.record.Name
         metrics.IMPORTED_INSTANCES.labels(peer=name).set(len(self.cursor.state.Instances))
@@ -191,7 +185,7 @@ class Importer:
             LastOffset=records[-1][0] if records else -1,
         )
         self.cursor = ImportCursor(state=state, keyring=keyring)
-        self.per_service = Counter(i.Name for i in state.Instances.values())
+        self.per_service = ServiceCounts(i.Name for i in state.Instances.values())
         # The whole imported set in one transaction: a bulk write, off the event loop.
         await anyio.to_thread.run_sync(
             partial(self.ctx.store.commit_import, replace_all=True),
