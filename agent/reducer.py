@@ -473,6 +473,51 @@ def resume_publisher(state: PublisherState, ceiling: int) -> PublisherState:
     return msgspec.structs.replace(state, NextSeq=max(state.NextSeq, ceiling))
 
 
+class CaughtUp(msgspec.Struct, frozen=True):
+    """The publisher state after reading its own topic past its cursor (``catch_up``)."""
+
+    State: PublisherState
+    # Highest Seq found on the topic (0: none), and records under an epoch the keyring lacks.
+    LastSeq: int = 0
+    Unreadable: int = 0
+
+
+def catch_up(
+    state: PublisherState,
+    keyring: StreamKeyring,
+    records: Iterable[tuple[bytes | None, bytes | None]],
+) -> CaughtUp:
+    """Fold the exporter's own records (key, value) that lie past what its cursor knows into
+    its state: Seqs continue after the highest one on the topic, and the published
+    fingerprints become what the topic actually carries for the keys these records touch.
+
+    The cursor lags the topic after a crash before the post-acknowledgement save (harmless
+    before: the restart resumed at the Seq ceiling) and after the data dir was restored from
+    an older backup: its Seqs are then ones the peer has already seen and drops as replays,
+    and its fingerprints describe values the peer no longer has, so reconcile would leave
+    the peer's newer values (and keys published since the backup) in place.
+    """
+    mutation = _persistent(state.Published).mutate()
+    last_seq = 0
+    unreadable = 0
+    for key, value in records:
+        decoded = decode_record(keyring, key, value)
+        if isinstance(decoded, Reject):
+            # Ours under an epoch we no longer hold: a rotation newer than this state. Other
+            # rejects are compaction's tombstones or records we never wrote (the broker is
+            # untrusted); the importer drops those too.
+            unreadable += decoded.reason is RejectReason.UNKNOWN_EPOCH
+            continue
+        last_seq = max(last_seq, decoded.Seq)
+        if isinstance(decoded, InstanceUpsert):
+            mutation[decoded.Key] = fingerprint(decoded.Instance)
+        elif isinstance(decoded, InstanceRemove):
+            mutation.pop(decoded.Key, None)
+    next_seq = max(state.NextSeq, last_seq + 1)
+    caught_up = msgspec.structs.replace(state, NextSeq=next_seq, Published=mutation.finish())
+    return CaughtUp(caught_up, last_seq, unreadable)
+
+
 def heartbeat(state: PublisherState, now: float) -> tuple[PublisherState, Heartbeat]:
     """The next heartbeat, carrying the exporter's live key count."""
     event = Heartbeat(

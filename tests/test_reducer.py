@@ -22,6 +22,7 @@ from agent.reducer import (
     RotatedKeys,
     Upserted,
     apply,
+    catch_up,
     fingerprint,
     heartbeat,
     ingest,
@@ -376,6 +377,67 @@ def test_resume_never_goes_below_the_ceiling() -> None:
     assert resume_publisher(PublisherState(NextSeq=7), 1007).NextSeq == 1007
     assert resume_publisher(PublisherState(NextSeq=7), 0).NextSeq == 7
     assert resume_publisher(PublisherState(NextSeq=7), 7).NextSeq == 7
+
+
+def test_catch_up_continues_after_the_topic_from_an_older_state() -> None:
+    """A publisher state older than its topic (data dir restored from a backup) continues
+    after the topic's highest Seq, with the fingerprints the topic carries, so the
+    reconcile that follows brings the importer back to the restored view: no Seq reused
+    (dropped as a replay), no newer value or newer key left behind on the importer."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    backup, events = reconcile(PublisherState(), view(1, 2), NOW)
+    topic.publish(events)
+    backed_up_at = len(topic.records)
+    # After the backup: web-1 changed, web-2 removed, web-3 added, a heartbeat.
+    newer, events = reconcile(
+        backup, {**view(3), instance_key("web-1"): inst(1, CheckStatus.CRITICAL)}, NOW
+    )
+    newer, beat = heartbeat(newer, NOW)
+    topic.publish([*events, beat])
+    importer, _ = run_live(ImportState(), topic)
+
+    tail = [(key, value) for _, key, value in topic.records[backed_up_at:]]
+    tail.append((None, None))  # a compaction tombstone is not ours to read
+    caught = catch_up(backup, peers.a2d, tail)
+    assert caught.LastSeq == beat.Seq
+    assert caught.Unreadable == 0
+    assert caught.State.NextSeq == beat.Seq + 1
+    assert caught.State.Published == newer.Published
+    assert backup.Published == reconcile(PublisherState(), view(1, 2), NOW)[0].Published
+
+    restored_view = view(1, 2)
+    _, events = reconcile(caught.State, restored_view, NOW)
+    topic.publish(events)
+    importer, effects = run_live(importer, topic, start=len(topic.records) - len(events))
+    assert dict(importer.Instances) == restored_view
+    assert not [e for e in effects if isinstance(e, Rejected | ResyncRequired)]
+
+
+def test_catch_up_counts_records_under_a_newer_epoch_and_keeps_a_newer_state() -> None:
+    """Records under an epoch the keyring lacks (a rotation newer than the state) are
+    counted, not guessed at; records of another stream are ignored, as the importer would;
+    a state already past the tail (the usual crash before the post-ack save) keeps its
+    NextSeq."""
+    peers = Established()
+    topic = Topic(peers.a2d)
+    pub, events = reconcile(PublisherState(), view(1), NOW)
+    topic.publish(events)
+    old_ring = topic.keyring
+    importer_pub = crypto.public_key(peers.dialer_private)
+    pub, topic.keyring, rotation = rotate(pub, topic.keyring, importer_pub, NOW, seeded_random(3))
+    topic.publish([rotation])
+    pub, events = republish_all(pub, view(1), NOW, "key rotation")
+    topic.publish(events)
+    stranger = Topic(Established(seed=2).a2d)
+    stranger.publish(reconcile(PublisherState(), view(7), NOW)[1])
+    ahead = PublisherState(NextSeq=50)
+    records = [(k, v) for _, k, v in topic.records[1:] + stranger.records]
+    caught = catch_up(ahead, old_ring, records)
+    assert caught.Unreadable == len(events)  # the republish under the new epoch
+    assert caught.LastSeq == rotation.Seq  # the announcement travels under the old epoch
+    assert caught.State.NextSeq == 50
+    assert caught.State.Published == ahead.Published
 
 
 def test_resync_request_reaches_the_other_exporter() -> None:
