@@ -4,6 +4,7 @@ exactly-once across an importer crash, resync, key rotation, liveness."""
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import time
 from collections import Counter
@@ -429,3 +430,41 @@ def test_failing_when_exporter_dies_and_back_by_itself(
     assert peering(west, "east")["ImportsStale"] is False
     register(east, "web-2", "web", 8081, **TTL)
     wait_for("changes flow again", lambda: len(view(west, "web", "east")) == 2)
+
+
+# --- 8. An exporter restored from an older backup -------------------------------------------
+
+
+def test_exporter_restored_from_an_older_backup_catches_up_with_its_topic(
+    kafka: DevBroker, agent_factory: AgentFactory
+) -> None:
+    """East's data dir restored from a backup older than its stream: east continues after
+    the Seqs its topic already carries and brings west back to the restored view. Before,
+    west dropped everything east sent as replays (and went FAILING: heartbeats too) until
+    east's Seqs passed the old ones, and kept values and keys east no longer had."""
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
+    register(east, "web-1", "web", 8080)
+    export(east, {"web": ["west"]})
+    wait_for("web on west", lambda: converged(east, west, "web"))
+    east.stop()
+    backup = east.workdir / "backup"
+    shutil.copytree(east.data_dir, backup)
+
+    east.restart()
+    for port in range(8081, 8091):
+        register(east, "web-1", "web", port)
+    register(east, "web-2", "web", 9090)
+    wait_for("the newer view on west", lambda: len(view(west, "web", "east")) == 2)
+    wait_for("west has it all", lambda: converged(east, west, "web"))
+    east.stop()
+    shutil.rmtree(east.data_dir)
+    shutil.copytree(backup, east.data_dir)
+
+    east.restart()
+    register(east, "web-3", "web", 7070)
+    wait_for("west back to the restored view", lambda: converged(east, west, "web"), timeout=30)
+    assert sorted(view(west, "web", "east")) == ["web-1", "web-3"]
+    assert view(west, "web", "east")["web-1"] == view(east, "web")["web-1"]
+    wait_for("west ACTIVE", lambda: state(west, "east") == "ACTIVE", timeout=10)
+    assert metric(west, "peering_records_rejected_total", peer="east", reason="replay") == 0
+    assert "the stream topic is ahead of this agent's state" in east.log()

@@ -163,9 +163,50 @@ class Exporter:
             state, events = reducer.republish_all(self.cursor.state, desired, now, "topic lost")
             await self.publish(state, events, feed_seq=feed_seq, full=True)
         else:
+            if end > self.cursor.acked_end:
+                await self.catch_up(end)
             state, events = reducer.reconcile(self.cursor.state, desired, now, head_reason="start")
             await self.publish(state, events, feed_seq=feed_seq, full=True)
         self.recount(desired)
+
+    async def catch_up(self, end: int) -> None:
+        """Take in our own records the cursor does not know were acknowledged, up to ``end``
+        (see reducer.catch_up): a few after a crash, everything since the backup after the
+        data dir was restored from one."""
+        store, record, cursor = self.ctx.store, self.record, self.cursor
+        records = [
+            (r.key, r.value)
+            async for r in kafka_client.read_partition(
+                record.Kafka, record.export_topic, start_offset=cursor.acked_end
+            )
+            if r.offset < end
+        ]
+        caught = reducer.catch_up(cursor.state, cursor.keyring, records)
+        if caught.LastSeq >= cursor.state.NextSeq:
+            log.warning(
+                "the stream topic is ahead of this agent's state (data dir restored from a"
+                " backup?): %d records past offset %d, Seq up to %d where this state"
+                " resumes at %d; continuing after them and reconciling with the topic",
+                len(records), cursor.acked_end, caught.LastSeq, cursor.state.NextSeq,
+                extra={"peer": record.Name, "peering_id": record.ID, "event": "catch_up"},
+            )  # fmt: skip
+        if caught.Unreadable:
+            log.error(
+                "%d records on the stream topic use key epochs this agent does not hold (its"
+                " state is older than a key rotation, e.g. restored from a backup): the peer"
+                " will refuse what it publishes; delete and establish the peering again",
+                caught.Unreadable,
+                extra={"peer": record.Name, "peering_id": record.ID, "event": "catch_up"},
+            )  # fmt: skip
+        before, after = cursor.state.Published, caught.State.Published
+        changes: dict[str, str | None] = {k: None for k in before if k not in after}
+        changes.update((k, fp) for k, fp in after.items() if before.get(k) != fp)
+        self.cursor = msgspec.structs.replace(cursor, state=caught.State, acked_end=end)
+        # Not fsync'd, like every post-acknowledgement save: the Seqs past the ceiling are
+        # reserved durably before the reconcile that follows produces anything.
+        await write_on_loop(
+            store, partial(store.save_publisher, durable=False), record.ID, self.cursor, changes
+        )
 
     def recount(self, view: dict[str, ServiceInstance]) -> None:
         """Start the counts over from a whole view the caller has read anyway."""
