@@ -300,6 +300,19 @@ def codec_cost(instances: int) -> dict[str, float]:
     }
 
 
+def wake_penalty(samples: int) -> dict[str, dict[str, float]]:
+    """bench/wake_penalty.py: µs of small work back to back and after a 20 ms sleep."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "wake_penalty.py"), "--samples", str(samples)],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    figures: dict[str, dict[str, float]] = {}
+    for line in out.stdout.splitlines()[1:]:
+        name, warm, _, cold, _, _factor = line.rsplit(maxsplit=5)
+        figures[name.strip()] = {"back_to_back_us": float(warm), "after_pause_us": float(cold)}
+    return figures
+
+
 def table(report: dict[str, Any]) -> str:
     floor, prop = report["floor"], report["propagation"]
     ratio = report["ratio_p50_to_floor"]
@@ -352,6 +365,13 @@ def table(report: dict[str, Any]) -> str:
         )
         rows.append((f"quiet, {q['peers']} peers (heartbeat {q['heartbeat_interval_s']} s)",
                      figure, ""))  # fmt: skip
+    wake = report["machine"].get("wake_penalty", {}).get("SQLite write transaction (no fsync)")
+    if wake:
+        figure = (
+            f"{wake['back_to_back_us']} us back to back, {wake['after_pause_us']} us after"
+            " 20 ms idle"
+        )
+        rows.append(("machine: a SQLite write transaction (bench/wake_penalty.py)", figure, ""))
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     lines = [f"{'figure':<{width}}  {'measured':<{value_width}}  target"]
@@ -377,6 +397,8 @@ def main() -> None:
         "propagation_by_size": [],
     }  # fmt: skip
     began = time.perf_counter()
+    progress("machine wake penalty")
+    report["machine"]["wake_penalty"] = wake_penalty(30 if args.quick else 100)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         broker = DevBroker(work / "broker")
