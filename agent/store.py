@@ -21,6 +21,7 @@ the feed can never disagree with the catalog, even across a crash.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -307,8 +308,10 @@ class Store(PeeringTables):
         with everything committed after them: the WAL is replayed in order). Only for state
         re-derived after such a loss and never acknowledged to anyone: the importer's
         cursor with its applied records (re-read from the topic at the older offset) and the
-        publisher's post-acknowledgement bookkeeping (reconciled on restart). The next
-        durable commit syncs these frames too.
+        publisher's post-acknowledgement bookkeeping (reconciled on restart); and for the
+        API's writes of one instance or check, which ``sync`` makes durable before they are
+        acknowledged (see ``httpapi.Api.write``). The next durable commit syncs these frames
+        too.
 
         ``exported`` says whether the write may change what peers see: the exported view of
         the service names ``apply`` added to ``touched`` (or of every service, for config
@@ -358,7 +361,12 @@ class Store(PeeringTables):
     # --- local catalog: writes -------------------------------------------------------------
 
     def register(
-        self, instance: ServiceInstance, source: Source = "api", now: float | None = None
+        self,
+        instance: ServiceInstance,
+        source: Source = "api",
+        now: float | None = None,
+        *,
+        durable: bool = True,
     ) -> int:
         """Insert or replace an instance and its checks; existing checks keep their status."""
         at = time.time() if now is None else now
@@ -366,9 +374,10 @@ class Store(PeeringTables):
             lambda c, i, t: _put_instances(c, i, [instance], source, at, t),
             exported="touched",
             now=at,
+            durable=durable,
         )
 
-    def deregister(self, service_id: str) -> bool:
+    def deregister(self, service_id: str, *, durable: bool = True) -> bool:
         """Remove an instance and its checks; False if it was not registered."""
         found = False
 
@@ -377,7 +386,7 @@ class Store(PeeringTables):
             found = _delete_instance(conn, service_id, touched)
             return found
 
-        self._write(apply, exported="touched")
+        self._write(apply, exported="touched", durable=durable)
         return found
 
     def update_check(
@@ -386,6 +395,8 @@ class Store(PeeringTables):
         status: CheckStatus,
         output: str | None = None,
         now: float | None = None,
+        *,
+        durable: bool = True,
     ) -> bool:
         """Set a check's status (pass/warn/fail) and refresh its TTL; False if unknown."""
         at = time.time() if now is None else now
@@ -412,8 +423,21 @@ class Store(PeeringTables):
             _touch(conn, index, row[0], touched)
             return True
 
-        self._write(apply, exported="touched", now=at)
+        self._write(apply, exported="touched", now=at, durable=durable)
         return found
+
+    def sync(self) -> None:
+        """Make every commit so far survive a power loss: fdatasync the WAL, where commits
+        live until a checkpoint (which syncs what it copies into the database file itself).
+        For writes committed with ``durable=False`` that are acknowledged afterwards."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            fd = os.open(self.path, os.O_RDONLY)  # no WAL: everything is in the database file
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def expire_ttl_checks(self, now: float | None = None) -> list[str]:
         """Turn TTL checks whose deadline passed critical; return their ids."""
