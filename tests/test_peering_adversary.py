@@ -160,6 +160,15 @@ def test_broker_adversary_learns_nothing_and_changes_nothing(
             >= invalid_before + len(junk)
         ),
     )
+    # The replayed request is answered as before but counted as a duplicate, not a peering.
+    wait_for(
+        "replayed request counted as a duplicate",
+        lambda: (
+            metric(east, "peering_handshakes_total", role="acceptor", result="duplicate")
+            >= len(real_requests)
+        ),
+    )
+    assert metric(east, "peering_handshakes_total", role="acceptor", result="accepted") == 1
     assert view(west, service, "east") == before, "the imported catalog did not change"
     assert active(west, "east")
     assert active(east, "west")

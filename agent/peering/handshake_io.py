@@ -239,7 +239,12 @@ async def _answer(
     )
     if isinstance(decision, Accepted) and not decision.duplicate:
         await _accept(tracker, kafka, record, opened, now)
-    result = decision.reason.value if isinstance(decision, Refused) else "accepted"
+    if isinstance(decision, Refused):
+        result = decision.reason.value
+    else:
+        # A request seen before (a dialer's retry, or a replay) gets the same answer again
+        # but establishes nothing: counted apart, so "accepted" counts peerings.
+        result = "duplicate" if decision.duplicate else "accepted"
     metrics.HANDSHAKES.labels(role="acceptor", result=result).inc()
     log.info(
         "establish request answered",
