@@ -429,7 +429,8 @@ class Store(PeeringTables):
     def sync(self) -> None:
         """Make every commit so far survive a power loss: fdatasync the WAL, where commits
         live until a checkpoint (which syncs what it copies into the database file itself).
-        For writes committed with ``durable=False`` that are acknowledged afterwards."""
+        For writes committed with ``durable=False`` that are acknowledged afterwards.
+        Opened by name each time rather than kept open: whatever file SQLite uses now."""
         try:
             fd = os.open(f"{self.path}-wal", os.O_RDONLY)
         except FileNotFoundError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -38,6 +39,15 @@ FEED_BATCH = 5000
 def wire_view(view: dict[str, ServiceInstance]) -> dict[str, ServiceInstance]:
     """The exported view keyed as on the wire (``instance/<id>``)."""
     return {instance_key(key): instance for key, instance in view.items()}
+
+
+def _published_changes(
+    before: Mapping[str, str], after: Mapping[str, str]
+) -> dict[str, str | None]:
+    """The fingerprint rows to write to go from ``before`` to ``after`` (None removes)."""
+    changes: dict[str, str | None] = {key: None for key in before if key not in after}
+    changes.update((key, fp) for key, fp in after.items() if before.get(key) != fp)
+    return changes
 
 
 def _fingerprint_changes(events: list[Event]) -> dict[str, str | None]:
@@ -104,10 +114,9 @@ class Exporter:
         )
         acked_end = max([self.cursor.acked_end, *(offset + 1 for offset in offsets)])
         if full:
-            fingerprints: dict[str, str | None] = {
-                key: None for key in self.cursor.state.Published if key not in new_state.Published
-            }
-            fingerprints.update(new_state.Published)
+            # The stored rows are the cursor's (every save writes its changes): only the
+            # difference is written, not the whole view again.
+            fingerprints = _published_changes(self.cursor.state.Published, new_state.Published)
         else:
             fingerprints = _fingerprint_changes(events)
         self.cursor = PublisherCursor(
@@ -198,9 +207,7 @@ class Exporter:
                 caught.Unreadable,
                 extra={"peer": record.Name, "peering_id": record.ID, "event": "catch_up"},
             )  # fmt: skip
-        before, after = cursor.state.Published, caught.State.Published
-        changes: dict[str, str | None] = {k: None for k in before if k not in after}
-        changes.update((k, fp) for k, fp in after.items() if before.get(k) != fp)
+        changes = _published_changes(cursor.state.Published, caught.State.Published)
         self.cursor = msgspec.structs.replace(cursor, state=caught.State, acked_end=end)
         # Not fsync'd, like every post-acknowledgement save: the Seqs past the ceiling are
         # reserved durably before the reconcile that follows produces anything.
