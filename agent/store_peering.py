@@ -71,6 +71,12 @@ class ImportCursor(msgspec.Struct, frozen=True, kw_only=True):
     keyring: StreamKeyring
 
 
+# The instances a catalog write changed, by ID, for the refresh of the exported view: each
+# with the instance as now stored where the write has it at hand, None where the refresh must
+# read it back (or finds it gone).
+Touched = dict[str, ServiceInstance | None]
+
+
 def _wire_to_local(key: str) -> str:
     return key.removeprefix(INSTANCE_KEY_PREFIX)
 
@@ -87,7 +93,7 @@ class PeeringTables:
         """Insert or replace a peering; returns it with its new ModifyIndex."""
         saved: list[PeeringRecord] = []
 
-        def apply(conn: sqlite3.Connection, index: int, _touched: set[str]) -> bool:
+        def apply(conn: sqlite3.Connection, index: int, _touched: Touched) -> bool:
             updated = msgspec.structs.replace(
                 record, CreateIndex=record.CreateIndex or index, ModifyIndex=index
             )
@@ -109,7 +115,7 @@ class PeeringTables:
     def forget_peering(self, name: str, peering_id: str) -> None:
         """Remove a peering with its cursors and everything imported from it."""
 
-        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
+        def apply(conn: sqlite3.Connection, _index: int, _touched: Touched) -> bool:
             conn.execute("DELETE FROM peerings WHERE name = ?", (name,))
             conn.execute("DELETE FROM publisher WHERE peering_id = ?", (peering_id,))
             conn.execute("DELETE FROM published WHERE peering_id = ?", (peering_id,))
@@ -129,7 +135,7 @@ class PeeringTables:
         return int(row[0]) if row else 0
 
     def set_counter(self, key: str, value: int) -> None:
-        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
+        def apply(conn: sqlite3.Connection, _index: int, _touched: Touched) -> bool:
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"c:{key}", value)
             )
@@ -189,7 +195,7 @@ class PeeringTables:
         """
         changes = dict(fingerprints or {})
 
-        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
+        def apply(conn: sqlite3.Connection, _index: int, _touched: Touched) -> bool:
             conn.execute(
                 "INSERT OR REPLACE INTO publisher"
                 " (peering_id, epoch, next_seq, feed_seq, acked_end, keyring)"
@@ -262,7 +268,7 @@ class PeeringTables:
         state_body = _encoder.encode(msgspec.structs.replace(cursor.state, Instances={}))
         keyring_body = _encoder.encode(cursor.keyring)
 
-        def apply(conn: sqlite3.Connection, _index: int, _touched: set[str]) -> bool:
+        def apply(conn: sqlite3.Connection, _index: int, _touched: Touched) -> bool:
             conn.execute(
                 "INSERT OR REPLACE INTO import_cursor (peering_id, state, keyring)"
                 " VALUES (?, ?, ?)",
