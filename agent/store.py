@@ -38,7 +38,7 @@ import msgspec
 from agent import catalog
 from agent.catalog import ExportedServicesEntry
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
-from agent.store_peering import PEERING_SCHEMA, PeeringTables, Touched
+from agent.store_peering import PEERING_SCHEMA, UPSERT_IMPORTED, PeeringTables, Touched
 
 Source = Literal["api", "file"]
 DB_FILE = "agent.db"
@@ -668,11 +668,7 @@ class Store(PeeringTables):
                     "SELECT body FROM imported WHERE peer = ? AND key = ?", (peer, key)
                 ).fetchone()
                 if row is None or bytes(row[0]) != body:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO imported (peer, key, name, body)"
-                        " VALUES (?, ?, ?, ?)",
-                        (peer, key, inst.Name, body),
-                    )
+                    conn.execute(UPSERT_IMPORTED, (peer, key, inst.Name, body))
                     changed = True
             for key in rems:
                 cur = conn.execute("DELETE FROM imported WHERE peer = ? AND key = ?", (peer, key))
@@ -892,6 +888,7 @@ def _put_instances(
     owners = {check: sid for check, sid in owners.items() if sid not in batch}
     rows: list[tuple[str, str, str, bytes, int, int]] = []
     check_rows: list[tuple[str, str, int, bytes, float | None]] = []
+    gone_checks: list[tuple[str, str]] = []
     for instance in instances:
         for check in instance.Checks:
             owner = owners.setdefault(check.CheckID, instance.ID)
@@ -908,6 +905,11 @@ def _put_instances(
             (c.CheckID, new.ID, pos, _encoder.encode(c), catalog.ttl_deadline(c, now))
             for pos, c in enumerate(new.Checks)
         ]
+        if old is not None:
+            kept = {c.CheckID for c in new.Checks}
+            gone_checks += [
+                (c.CheckID, new.ID) for c in old.instance.Checks if c.CheckID not in kept
+            ]
     if not rows:
         return False
     conn.executemany(
@@ -916,9 +918,14 @@ def _put_instances(
         " source = excluded.source, body = excluded.body, modify_index = excluded.modify_index",
         rows,
     )
-    conn.executemany("DELETE FROM checks WHERE service_id = ?", [(row[0],) for row in rows])
+    # The checks an instance no longer has go first (another instance of the batch may take
+    # one over); the others are updated in place, rewriting fewer index pages than a delete
+    # and insert of each.
+    conn.executemany("DELETE FROM checks WHERE check_id = ? AND service_id = ?", gone_checks)
     conn.executemany(
-        "INSERT INTO checks (check_id, service_id, pos, body, expires_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO checks (check_id, service_id, pos, body, expires_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (check_id) DO UPDATE SET service_id = excluded.service_id,"
+        " pos = excluded.pos, body = excluded.body, expires_at = excluded.expires_at",
         check_rows,
     )
     return True
@@ -981,8 +988,10 @@ def _refresh_exported(
             upserted.append((change.Peer, change.Key, change.Instance.Name, body))
             feed.append((change.Peer, change.Key, body, now))
     conn.executemany("DELETE FROM exported_current WHERE peer = ? AND key = ?", removed)
+    # An upsert, not INSERT OR REPLACE: see UPSERT_IMPORTED.
     conn.executemany(
-        "INSERT OR REPLACE INTO exported_current (peer, key, name, body) VALUES (?, ?, ?, ?)",
+        "INSERT INTO exported_current (peer, key, name, body) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (peer, key) DO UPDATE SET name = excluded.name, body = excluded.body",
         upserted,
     )
     # In diff order: the feed's seq (AUTOINCREMENT) is the order exporters publish in.

@@ -43,6 +43,13 @@ CREATE TABLE IF NOT EXISTS import_cursor (
     peering_id TEXT PRIMARY KEY, state BLOB NOT NULL, keyring BLOB NOT NULL);
 """
 
+# Upserts update a row in place where INSERT OR REPLACE deletes and reinserts it, rewriting
+# a page of every index as well: a register's commit wrote 9-10 pages, an import's 6-7.
+UPSERT_IMPORTED = (
+    "INSERT INTO imported (peer, key, name, body) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (peer, key) DO UPDATE SET name = excluded.name, body = excluded.body"
+)
+
 _encoder = msgspec.json.Encoder()
 _record_decoder = msgspec.json.Decoder(PeeringRecord)
 _keyring_decoder = msgspec.json.Decoder(StreamKeyring)
@@ -137,7 +144,9 @@ class PeeringTables:
     def set_counter(self, key: str, value: int) -> None:
         def apply(conn: sqlite3.Connection, _index: int, _touched: Touched) -> bool:
             conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"c:{key}", value)
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (f"c:{key}", value),
             )
             return False  # not part of the catalog: the index does not move
 
@@ -197,9 +206,12 @@ class PeeringTables:
 
         def apply(conn: sqlite3.Connection, _index: int, _touched: Touched) -> bool:
             conn.execute(
-                "INSERT OR REPLACE INTO publisher"
+                "INSERT INTO publisher"
                 " (peering_id, epoch, next_seq, feed_seq, acked_end, keyring)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (peering_id) DO UPDATE SET"
+                " epoch = excluded.epoch, next_seq = excluded.next_seq,"
+                " feed_seq = excluded.feed_seq, acked_end = excluded.acked_end,"
+                " keyring = excluded.keyring",
                 (
                     peering_id,
                     cursor.state.Epoch,
@@ -210,7 +222,8 @@ class PeeringTables:
                 ),
             )
             conn.execute(
-                "INSERT OR REPLACE INTO publisher_seq_ceiling (peering_id, ceiling) VALUES (?, ?)",
+                "INSERT INTO publisher_seq_ceiling (peering_id, ceiling) VALUES (?, ?)"
+                " ON CONFLICT (peering_id) DO UPDATE SET ceiling = excluded.ceiling",
                 (peering_id, cursor.seq_ceiling),
             )
             conn.executemany(
@@ -218,7 +231,8 @@ class PeeringTables:
                 [(peering_id, k) for k, fp in changes.items() if fp is None],
             )
             conn.executemany(
-                "INSERT OR REPLACE INTO published (peering_id, key, fingerprint) VALUES (?, ?, ?)",
+                "INSERT INTO published (peering_id, key, fingerprint) VALUES (?, ?, ?)"
+                " ON CONFLICT (peering_id, key) DO UPDATE SET fingerprint = excluded.fingerprint",
                 [(peering_id, k, fp) for k, fp in changes.items() if fp is not None],
             )
             return False
@@ -270,8 +284,9 @@ class PeeringTables:
 
         def apply(conn: sqlite3.Connection, _index: int, _touched: Touched) -> bool:
             conn.execute(
-                "INSERT OR REPLACE INTO import_cursor (peering_id, state, keyring)"
-                " VALUES (?, ?, ?)",
+                "INSERT INTO import_cursor (peering_id, state, keyring) VALUES (?, ?, ?)"
+                " ON CONFLICT (peering_id) DO UPDATE SET"
+                " state = excluded.state, keyring = excluded.keyring",
                 (peering_id, state_body, keyring_body),
             )
             conn.execute(
@@ -282,7 +297,7 @@ class PeeringTables:
                 changed = conn.execute("DELETE FROM imported WHERE peer = ?", (peer,)).rowcount > 0
             for inst in ups:
                 conn.execute(
-                    "INSERT OR REPLACE INTO imported (peer, key, name, body) VALUES (?, ?, ?, ?)",
+                    UPSERT_IMPORTED,
                     (peer, catalog.instance_key(inst), inst.Name, _encoder.encode(inst)),
                 )
                 changed = True
