@@ -7,14 +7,26 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
 from agent.config import AgentConfig
 from agent.httpapi import create_app
+from agent.kafka_client import KafkaSettings, Record
+from agent.model import ServiceInstance
+from agent.peering.context import PeeringContext
+from agent.peering.importer import Importer
+from agent.peering.records import PeeringRecord
+from agent.peering.tracker import PeeringTracker
+from agent.peering_state import PeeringState, PeeringStatus, Role
+from agent.reducer import PublisherState, publish_changes
 from agent.store import IndexNotifier, Store
+from agent.wire.envelope import encode_event
+from tests.wire_helpers import NOW, PEERING_ID, Established
 
 
 def test_a_write_during_a_bulk_write_waits_in_a_thread_not_on_the_loop(tmp_path: Path) -> None:
@@ -117,3 +129,67 @@ def test_an_api_write_is_seen_by_waiting_tasks_before_its_fsync_and_answered_aft
     finally:
         store.close()
     assert order == ["commit", "woken task ran", "fsync agent.db-wal", "answer 200"]
+
+
+def test_an_import_lets_the_queries_it_woke_answer_before_its_bookkeeping(
+    tmp_path: Path,
+) -> None:
+    """The importer commits a poll, then yields once: the blocking queries the commit woke
+    answer before the importer's metrics and liveness bookkeeping (a watcher's way)."""
+    store = Store.open(tmp_path)
+    est = Established()
+    status = PeeringStatus(
+        Name="east", PeerRole=Role.DIALER, State=PeeringState.ACTIVE, StateSince=NOW
+    )
+    record = PeeringRecord(
+        Name="east",
+        ID=PEERING_ID,
+        Status=status,
+        CreatedAt=NOW,
+        Kafka=KafkaSettings.plain("127.0.0.1:9092"),
+        BootstrapTopic="bootstrap",
+        PrivateKey=est.dialer_private,
+        ImportKeyring=est.a2d,
+        ExportKeyring=est.d2a,
+    )
+    upsert = ServiceInstance(ID="web-1", Name="web", Port=8080)
+    _state, events = publish_changes(PublisherState(), [("instance/web-1", upsert, NOW)], NOW)
+    records = [
+        Record("stream", 0, offset, 0, *encode_event(est.a2d, event))
+        for offset, event in enumerate(events)
+    ]
+    order: list[str] = []
+
+    async def scenario() -> None:
+        notifier = IndexNotifier()
+        notifier.bind(store.index)
+        tracker = PeeringTracker(store, lambda: NOW)
+        tracker.put(record)
+        store.set_on_change(lambda index: (order.append("commit"), notifier.notify(index)))
+        ctx = PeeringContext(
+            store, notifier, tracker, lambda: NOW, "west", record.Kafka, heartbeat_interval=1.0
+        )
+        importer = Importer(ctx, record)
+        observe = importer._observe
+
+        def bookkeeping(*args: Any) -> None:
+            order.append("bookkeeping")
+            observe(*args)
+
+        importer._observe = bookkeeping  # type: ignore[method-assign]
+        index = store.index
+
+        async def blocking_query() -> None:
+            await notifier.wait_beyond(index)
+            order.append("query answered " + str(len(store.imported_instances("east", "web"))))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(blocking_query)
+            await anyio.lowlevel.checkpoint()  # the query is waiting
+            assert await importer.apply_batch(records)
+
+    try:
+        anyio.run(scenario)
+    finally:
+        store.close()
+    assert order == ["commit", "query answered 1", "bookkeeping"]
