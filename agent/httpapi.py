@@ -395,6 +395,12 @@ class Api:
         with anyio.move_on_after(wait):
             await self.notifier.wait_beyond(int(raw))
 
+    def catalog_index(self) -> int:
+        """The index to answer with, taken before the data is read: the notifier's, which
+        moves after each commit (so the data read next is at least as new) and costs no read
+        transaction on a blocking query's way to its answer."""
+        return self.notifier.index
+
     def peer_param(self, request: Request) -> str | None:
         peer = request.query_params.get("peer")
         if peer is None or peer == "":
@@ -457,10 +463,10 @@ class Api:
     ) -> tuple[int, list[LocalInstance]]:
         """(index, instances) from the local catalog, or from ``peer``'s imported one.
 
-        The index is read first: the data is at least as new, so a client never misses a
+        The index is taken first: the data is at least as new, so a client never misses a
         change. Imported instances carry no raft-style indexes (0), as they are not ours.
         """
-        index = self.store.index
+        index = self.catalog_index()
         if peer is None:
             return index, self.store.list_local(name)
         imported = self.store.imported_instances(peer, name)
@@ -536,7 +542,7 @@ class Api:
 
     async def exported_services(self, request: Request) -> Response:
         await self.block(request)
-        index = self.store.index
+        index = self.catalog_index()
         return json_response(self.store.exported_summary(), index=index)
 
     # --- agent endpoints ---
@@ -647,7 +653,7 @@ class Api:
     async def config_get(self, request: Request) -> Response:
         self._config_path(request)
         await self.block(request)
-        index = self.store.index
+        index = self.catalog_index()
         entry = self.store.exported_services()
         if entry is None:
             raise ApiError(404, "config entry not found for 'exported-services' / 'default'")
