@@ -281,6 +281,21 @@ class Store(PeeringTables):
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
+        # The writer's connection when no write holds it (the event loop's reads: writes in
+        # worker threads are the bulk ones): its page cache is warm, where another
+        # connection finds its cache dropped after each commit of the writer and reads every
+        # page again, a pread each.
+        if self._lock.acquire(blocking=False):
+            try:
+                if not self._conn.in_transaction:
+                    self._conn.execute("BEGIN")
+                    try:
+                        yield self._conn
+                    finally:
+                        self._conn.execute("COMMIT")
+                    return
+            finally:
+                self._lock.release()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()

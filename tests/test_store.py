@@ -265,7 +265,7 @@ def test_one_imported_service_is_read_without_scanning_the_peer(store: Store) ->
         steps += 1
         return 0  # go on
 
-    with store._read() as conn:  # this thread's reader connection, reused by the reads below
+    with store._read() as conn:  # the connection the reads below use too
         conn.set_progress_handler(count, 100)
     got = store.imported_instances("beta", "s42")
     assert [i.ID for i in got] == [f"s42-{n}" for n in range(10)]
