@@ -4,14 +4,14 @@ Tables: the local catalog (instances, checks), config entries, a monotonically i
 catalog index (for blocking queries / ``X-Consul-Index``), the exported view per consumer peer
 with its ordered change feed, and the imported catalog per peer.
 
-Why synchronous: sqlite3 is a blocking library and every write must be committed (fsync'd,
-``synchronous=FULL``) before the API answers. Keeping the store plain and thread-safe lets the
-async shell call it directly on the event loop for small work (reads: a WAL reader never waits
-for the writer; writes of one instance: O(service size) plus one fsync, cheaper than the hop
-to a thread and back) and in a worker thread (``anyio.to_thread.run_sync``) for bulk writes
-that would stall the loop (a services file, a config entry over the whole catalog), while
-tests and offline tools call it directly. Writes share one connection behind a lock; reads
-use one connection per thread, which WAL lets run beside a writer.
+Why synchronous: sqlite3 is a blocking library and every write must be committed and on disk
+(fsync'd) before the API answers. Keeping the store plain and thread-safe lets the async shell
+call it directly on the event loop for small work (reads: a WAL reader never waits for the
+writer; writes of one instance: a few statements and one fsync, cheaper than the hop to a
+thread and back) and in a worker thread (``anyio.to_thread.run_sync``) for bulk writes that
+would stall the loop (a services file, a config entry over the whole catalog), while tests
+and offline tools call it directly. Writes share one connection behind a lock; reads use it
+too when it is free, else one connection per thread, which WAL lets run beside a writer.
 
 Every local write recomputes the exported view (pure ``catalog.exported_view``), diffs it with
 the stored one and appends the differences to ``exported_changes`` in the SAME transaction, so
@@ -263,9 +263,10 @@ class Store(PeeringTables):
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so a write is one transaction.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit survives power loss, not only a process crash ("committed before
-        # acknowledged").
-        conn.execute("PRAGMA synchronous=FULL")
+        # NORMAL between writes: the writes on a change's way to a peer commit without the
+        # fsync (see _write's ``durable``); the others switch to FULL for their commit, which
+        # then survives a power loss, not only a process crash.
+        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
 
@@ -339,8 +340,8 @@ class Store(PeeringTables):
             raise StoreError("this store was opened read-only")
         with self._lock:
             conn = self._conn
-            if not durable:
-                conn.execute("PRAGMA synchronous=NORMAL")
+            if durable:
+                conn.execute("PRAGMA synchronous=FULL")
             conn.execute("BEGIN IMMEDIATE")
             fed: frozenset[str] = frozenset()
             try:
@@ -358,8 +359,8 @@ class Store(PeeringTables):
                 conn.execute("ROLLBACK")
                 raise
             finally:
-                if not durable:
-                    conn.execute("PRAGMA synchronous=FULL")
+                if durable:
+                    conn.execute("PRAGMA synchronous=NORMAL")
         # Exporters first: each callback may wait for a hop onto the event loop, and the
         # exporter's produce is on the path to the peer; local blocking queries can wait.
         if fed and self._on_feed is not None:

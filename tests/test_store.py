@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -472,6 +473,28 @@ def test_hot_path_commits_update_rows_in_place(tmp_path: Path) -> None:
         )
     finally:
         store.close()
+
+
+def test_only_durable_writes_commit_with_the_fsync(store: Store) -> None:
+    """Durable writes (the default) commit with ``synchronous=FULL``; the writes on a
+    change's way to a peer (``durable=False``) with NORMAL, and the connection stays at
+    NORMAL between writes whatever happened (even after a write that failed)."""
+    seen: list[int] = []
+
+    def apply(conn: Any, _index: int, _touched: object) -> bool:
+        seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+        return False
+
+    def failing(conn: Any, index: int, touched: object) -> bool:
+        apply(conn, index, touched)
+        raise StoreError("refused")
+
+    store._write(apply, exported="none")
+    store._write(apply, exported="none", durable=False)
+    with pytest.raises(StoreError):
+        store._write(failing, exported="none")
+    seen.append(store._conn.execute("PRAGMA synchronous").fetchone()[0])
+    assert seen == [2, 1, 2, 1]  # FULL, NORMAL, FULL, then NORMAL again
 
 
 def test_prune_exported_changes_keeps_newest(store: Store) -> None:
