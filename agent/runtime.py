@@ -311,6 +311,9 @@ async def run_agent(
                 app,
                 log_config=None,
                 access_log=False,
+                # Nothing reads the client's address (no access log), so uvicorn's layer
+                # that takes it from X-Forwarded-For would only cost every request.
+                proxy_headers=False,
                 lifespan="off",
                 timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
             )
