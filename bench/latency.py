@@ -19,10 +19,13 @@ Conditions are the same for both figures: a warm-up (unmeasured floor round trip
 unmeasured changes) so the broker's JIT and both agents are warm, then for each sample one
 floor round trip and one change, each after the same pause.
 
-The latency-critical requests use aiohttp, one session per run: the client's own cost per
-request is a fraction of httpx's (GET /v1/status/leader: httpx ~0.97 ms, aiohttp ~0.23 ms,
-raw socket ~0.15 ms), which matters when the path has 2-3 requests and a fan-out has 50
-watchers. Nothing here asserts a timing.
+The client (``client_kind``): by default ``lean`` (bench/lean_http.py: each request is bytes
+prepared before the clock, written to a kept-alive connection, the answer parsed by
+httptools), so the figure measures the agents and not the instrument; ``aiohttp`` shows what a
+Python watcher sees (from the call to the request on the socket ~0.3 ms, parsing the answer
+~0.17 ms, both right after its process slept). httpx was dropped earlier for the same reason
+(GET /v1/status/leader: httpx ~0.97 ms, aiohttp ~0.23 ms, a raw socket ~0.15 ms). Nothing
+here asserts a timing.
 """
 
 from __future__ import annotations
@@ -31,13 +34,16 @@ import itertools
 import os
 import statistics
 import time
-from collections.abc import AsyncGenerator, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, Protocol, cast
 
 import aiohttp
 import anyio
+import msgspec
+import yarl
+from lean_http import LeanHttp, Prepared, prepare
 
 from agent import kafka_client, topics
 from agent.kafka_client import Batch
@@ -126,13 +132,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def cpu_per_change(
-    exporter: str, targets: Sequence[Target], changes: int, pids: dict[str, int]
+    exporter: str,
+    targets: Sequence[Target],
+    changes: int,
+    pids: dict[str, int],
+    client_kind: ClientKind = "lean",
 ) -> dict[str, float]:
     """Milliseconds of CPU each process spends per watched change: everything it used
     during ``changes`` changes (with their pauses, so idle work such as heartbeats is in)
     divided by ``changes``. On a shared 2-core machine this is what competes for the cores."""
     pause = pause_for(len(targets))
-    async with session() as client:
+    async with open_client(client_kind) as client:
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         for _ in range(changes):
             await watched_change(client, exporter, targets, pause)
@@ -140,12 +150,87 @@ async def cpu_per_change(
     return {name: round(1000 * (after[name] - before[name]) / changes, 2) for name in pids}
 
 
-def session() -> aiohttp.ClientSession:
-    """One session per run; no connection limit, so every watcher has its own connection."""
-    return aiohttp.ClientSession(
+ClientKind = Literal["lean", "aiohttp"]
+REQUEST_TIMEOUT = 30.0  # a blocking query answers within its 10 s wait
+
+
+class Client(Protocol):
+    """The two requests of a change's path, as the benchmark makes them."""
+
+    def prepare_put(self, url: str, body: bytes) -> Any:
+        """Everything about the PUT that can be done before the clock starts."""
+
+    async def put(self, prepared: Any) -> None:
+        """Send a prepared PUT; raises unless it is answered 200."""
+
+    async def get_json(self, url: str) -> tuple[Any, str]:
+        """GET ``url``: its decoded JSON body and its X-Consul-Index."""
+
+
+class LeanClient:
+    """bench/lean_http.py: prepared bytes on kept-alive connections, httptools to parse."""
+
+    def __init__(self) -> None:
+        self.http = LeanHttp()
+
+    def prepare_put(self, url: str, body: bytes) -> Prepared:
+        return prepare("PUT", url, body)
+
+    async def put(self, prepared: Prepared) -> None:
+        with anyio.fail_after(REQUEST_TIMEOUT):
+            answer = await self.http.send(prepared)
+        if answer.status != 200:
+            raise RuntimeError(f"PUT answered {answer.status}: {answer.body[:200]!r}")
+
+    async def get_json(self, url: str) -> tuple[Any, str]:
+        with anyio.fail_after(REQUEST_TIMEOUT):
+            answer = await self.http.send(prepare("GET", url))
+        if answer.status != 200:
+            raise RuntimeError(f"GET {url} answered {answer.status}: {answer.body[:200]!r}")
+        return msgspec.json.decode(answer.body), answer.headers["x-consul-index"]
+
+
+class AiohttpClient:
+    """aiohttp as a Python watcher would use it, without avoidable work per request (the URL
+    parsed and the body encoded before the clock; msgspec to decode)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    def prepare_put(self, url: str, body: bytes) -> tuple[yarl.URL, bytes]:
+        return yarl.URL(url), body
+
+    async def put(self, prepared: tuple[yarl.URL, bytes]) -> None:
+        url, body = prepared
+        async with self.session.put(url, data=body, headers=_JSON) as answer:
+            answer.raise_for_status()
+            await answer.read()
+
+    async def get_json(self, url: str) -> tuple[Any, str]:
+        async with self.session.get(yarl.URL(url)) as answer:
+            answer.raise_for_status()
+            return msgspec.json.decode(await answer.read()), answer.headers["X-Consul-Index"]
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+@asynccontextmanager
+async def open_client(kind: ClientKind) -> AsyncIterator[Client]:
+    """One client per run: kept-alive connections, every watcher its own."""
+    if kind == "lean":
+        lean = LeanClient()
+        try:
+            yield lean
+        finally:
+            await lean.http.aclose()
+        return
+    session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),
-        timeout=aiohttp.ClientTimeout(total=30),
+        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
     )
+    async with session:
+        yield AiohttpClient(session)
 
 
 def _health_url(target: Target) -> str:
@@ -157,18 +242,10 @@ def _has_port(entries: list[dict[str, Any]], port: int) -> bool:
     return any(entry["Service"]["Port"] == port for entry in entries)
 
 
-async def _index(client: aiohttp.ClientSession, target: Target) -> str:
-    async with client.get(_health_url(target)) as answer:
-        answer.raise_for_status()
-        await answer.read()
-        return answer.headers["X-Consul-Index"]
-
-
-async def _register(client: aiohttp.ClientSession, exporter: str, port: int) -> None:
+def _registration(client: Client, exporter: str, port: int) -> Any:
     body = {"ID": f"{SERVICE}-1", "Name": SERVICE, "Address": "10.1.1.1", "Port": port}
-    async with client.put(f"{exporter}/v1/agent/service/register", json=body) as answer:
-        answer.raise_for_status()
-        await answer.read()
+    url = f"{exporter}/v1/agent/service/register"
+    return client.prepare_put(url, msgspec.json.encode(body))
 
 
 @dataclass
@@ -180,37 +257,33 @@ class Change:
 
 
 async def watched_change(
-    client: aiohttp.ClientSession, exporter: str, targets: Sequence[Target], pause: float
+    client: Client, exporter: str, targets: Sequence[Target], pause: float
 ) -> Change:
     """Blocking queries open on every target first, then the register on the exporter."""
     port = next(_ports)
-    indexes = [await _index(client, target) for target in targets]
+    indexes = [(await client.get_json(_health_url(target)))[1] for target in targets]
     seen = [float("nan")] * len(targets)
 
     async def watch(k: int, index: str) -> None:
         base = _health_url(targets[k])
         while True:
-            async with client.get(f"{base}&index={index}&wait=10s") as answer:
-                answer.raise_for_status()
-                entries = await answer.json()
-                index = answer.headers["X-Consul-Index"]
+            entries, index = await client.get_json(f"{base}&index={index}&wait=10s")
             if _has_port(entries, port):
                 seen[k] = time.perf_counter()
                 return
 
+    prepared = _registration(client, exporter, port)
     async with anyio.create_task_group() as group:
         for k, index in enumerate(indexes):
             group.start_soon(watch, k, index)
         await anyio.sleep(pause)
         started = time.perf_counter()
-        await _register(client, exporter, port)
+        await client.put(prepared)
         registered = time.perf_counter() - started
     return Change([t - started for t in seen], registered)
 
 
-async def polled_change(
-    client: aiohttp.ClientSession, exporter: str, targets: Sequence[Target]
-) -> list[float]:
+async def polled_change(client: Client, exporter: str, targets: Sequence[Target]) -> list[float]:
     """The register on the exporter, then each target re-read without ``index`` until it shows."""
     port = next(_ports)
     seen = [float("nan")] * len(targets)
@@ -218,15 +291,14 @@ async def polled_change(
     async def poll(k: int) -> None:
         url = _health_url(targets[k])
         while True:
-            async with client.get(url) as answer:
-                answer.raise_for_status()
-                entries = await answer.json()
+            entries, _index = await client.get_json(url)
             if _has_port(entries, port):
                 seen[k] = time.perf_counter()
                 return
 
+    prepared = _registration(client, exporter, port)
     started = time.perf_counter()
-    await _register(client, exporter, port)
+    await client.put(prepared)
     async with anyio.create_task_group() as group:
         for k in range(len(targets)):
             group.start_soon(poll, k)
@@ -267,6 +339,7 @@ async def measure(
     warm_floor: int = WARM_FLOOR,
     warm_changes: int = WARM_CHANGES,
     polling: int = 0,
+    client_kind: ClientKind = "lean",
 ) -> Samples:
     """Warm up, then ``samples`` times: pause, floor round trip; pause, watched change.
 
@@ -277,7 +350,7 @@ async def measure(
     out = Samples()
     async with AsyncExitStack() as stack:
         floor = await stack.enter_async_context(Floor(bootstrap)) if bootstrap else None
-        client = await stack.enter_async_context(session())
+        client = await stack.enter_async_context(open_client(client_kind))
         if floor is not None:
             for _ in range(warm_floor):
                 await floor.round_trip()

@@ -43,6 +43,8 @@ def main() -> None:
                         help="changes seen by a polling client (0: none)")  # fmt: skip
     parser.add_argument("--cpu-changes", type=int, default=300,
                         help="changes to measure each process's CPU over (0: skip)")  # fmt: skip
+    parser.add_argument("--client", choices=["lean", "aiohttp"], default="lean",
+                        help="the watcher's HTTP client (see bench/lean_http.py)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,15 +64,16 @@ def main() -> None:
                 lambda: latency.measure(
                     broker.bootstrap, east.url, [(west.url, "east")], args.changes,
                     warm_floor=args.warm_floor, warm_changes=args.warm_changes,
-                    polling=args.polling,
+                    polling=args.polling, client_kind=args.client,
                 )
             )  # fmt: skip
             cpu = {}
             if args.cpu_changes and broker.pid is not None:
                 pids = {"east": east.process.pid, "west": west.process.pid, "broker": broker.pid}
                 cpu = anyio.run(
-                    latency.cpu_per_change, east.url, [(west.url, "east")], args.cpu_changes, pids
-                )
+                    latency.cpu_per_change, east.url, [(west.url, "east")], args.cpu_changes,
+                    pids, args.client,
+                )  # fmt: skip
         finally:
             for agent in agents:
                 agent.stop()
@@ -87,7 +90,7 @@ def main() -> None:
             "warm_changes": args.warm_changes,
             "pause_s": latency.pause_for(1),
             "interleaved": True,
-            "client": "aiohttp",
+            "client": args.client,
         },
     }
     if "propagation_polling" in figures:
