@@ -314,6 +314,8 @@ async def run_agent(
                 # Nothing reads the client's address (no access log), so uvicorn's layer
                 # that takes it from X-Forwarded-For would only cost every request.
                 proxy_headers=False,
+                # No "server: uvicorn" on every answer: it tells a scanner what runs here.
+                server_header=False,
                 lifespan="off",
                 timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
             )
