@@ -96,15 +96,7 @@ def stream_tag(keyring: StreamKeyring) -> bytes:
 
 def record_key(keyring: StreamKeyring, logical_key: str) -> bytes:
     """Kafka record key: a keyed hash of the logical key, stable across epochs."""
-    return _record_key(keyring.KeyHashKey, logical_key)
-
-
-# An HMAC per record on both ends, of the same few keys over and over when an instance keeps
-# changing (a check flapping, a port moving): 15-20 µs of a change's way to the peer right
-# after the process slept. Bounded, so a 100k-instance stream only cycles it.
-@functools.lru_cache(maxsize=4096)
-def _record_key(key_hash_key: bytes, logical_key: str) -> bytes:
-    return crypto.mac(key_hash_key, logical_key.encode())[:RECORD_KEY_BYTES]
+    return crypto.mac(keyring.KeyHashKey, logical_key.encode())[:RECORD_KEY_BYTES]
 
 
 def aead_key(keyring: StreamKeyring, epoch: int) -> bytes | None:
