@@ -16,8 +16,8 @@
   ``/v1/health/service/bench?peer=P`` without ``index`` back to back until the port shows.
 
 Conditions are the same for both figures: a warm-up (unmeasured floor round trips, then
-unmeasured changes) so the broker's JIT and both agents are warm, then for each sample one
-floor round trip and one change, each after the same pause.
+unmeasured changes) until the broker's JIT and both agents are in a steady state, then for
+each sample one floor round trip and one change, each after the same pause.
 
 The client (``client_kind``): by default ``lean`` (bench/lean_http.py: each request is bytes
 prepared before the clock, written to a kept-alive connection, the answer parsed by
@@ -54,8 +54,11 @@ Target = tuple[str, str]
 SERVICE = "bench"
 FLOOR_KEY_BYTES = 32
 FLOOR_VALUE_BYTES = 330
-WARM_FLOOR = 200
-WARM_CHANGES = 30
+# Long enough for a steady state: after 200 round trips and 30 changes (the warm-up up to
+# session 5) the floor kept falling for thousands more (p50 1.94 ms, 1.65 ms after 3,000,
+# 1.32 ms after 10,000), faster than propagation, so the ratio came out flattering.
+WARM_FLOOR = 10_000
+WARM_CHANGES = 1_000
 PAUSE = 0.02
 PAUSE_PER_TARGET = 0.001
 
@@ -313,6 +316,9 @@ class Samples:
     propagation: list[float] = field(default_factory=list)
     register: list[float] = field(default_factory=list)
     polling: list[float] = field(default_factory=list)
+    # The same changes seen through a second client, interleaved (``measure(compare=...)``).
+    compared_client: str = ""
+    compared: list[float] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
         """The figures under the report keys (``ratio_p50_to_floor`` when there is a floor)."""
@@ -327,6 +333,16 @@ class Samples:
             )
         if self.polling:
             out["propagation_polling"] = summary(self.polling)
+        if self.compared:
+            other: dict[str, Any] = {
+                "client": self.compared_client,
+                "propagation": summary(self.compared),
+            }
+            if self.floor:
+                other["ratio_p50_to_floor"] = round(
+                    other["propagation"]["p50_ms"] / out["floor"]["p50_ms"], 2
+                )
+            out["compared"] = other
         return out
 
 
@@ -340,22 +356,28 @@ async def measure(
     warm_changes: int = WARM_CHANGES,
     polling: int = 0,
     client_kind: ClientKind = "lean",
+    compare: ClientKind | None = None,
 ) -> Samples:
     """Warm up, then ``samples`` times: pause, floor round trip; pause, watched change.
 
-    Without ``bootstrap`` no floor is measured. ``polling`` changes (seen by polling clients)
-    follow the interleaved ones.
+    Without ``bootstrap`` no floor is measured. With ``compare``, each sample also has a
+    change watched through that client, right after, against the same floor samples (the
+    floor moves with the machine's state over a run, so separate rounds do not compare).
+    ``polling`` changes (seen by polling clients) follow the interleaved ones.
     """
     pause = pause_for(len(targets))
-    out = Samples()
+    out = Samples(compared_client=compare or "")
     async with AsyncExitStack() as stack:
         floor = await stack.enter_async_context(Floor(bootstrap)) if bootstrap else None
         client = await stack.enter_async_context(open_client(client_kind))
+        other = await stack.enter_async_context(open_client(compare)) if compare else None
         if floor is not None:
             for _ in range(warm_floor):
                 await floor.round_trip()
         for _ in range(warm_changes):
             await watched_change(client, exporter, targets, pause)
+            if other is not None:
+                await watched_change(other, exporter, targets, pause)
         for _ in range(samples):
             if floor is not None:
                 await anyio.sleep(pause)
@@ -363,6 +385,8 @@ async def measure(
             change = await watched_change(client, exporter, targets, pause)
             out.propagation += change.visible
             out.register.append(change.register)
+            if other is not None:
+                out.compared += (await watched_change(other, exporter, targets, pause)).visible
         for _ in range(polling):
             await anyio.sleep(pause)
             out.polling += await polled_change(client, exporter, targets)

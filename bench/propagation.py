@@ -45,6 +45,8 @@ def main() -> None:
                         help="changes to measure each process's CPU over (0: skip)")  # fmt: skip
     parser.add_argument("--client", choices=["lean", "aiohttp"], default="lean",
                         help="the watcher's HTTP client (see bench/lean_http.py)")  # fmt: skip
+    parser.add_argument("--compare", choices=["lean", "aiohttp"], default=None,
+                        help="also watch each sample's change through this client")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,7 +66,7 @@ def main() -> None:
                 lambda: latency.measure(
                     broker.bootstrap, east.url, [(west.url, "east")], args.changes,
                     warm_floor=args.warm_floor, warm_changes=args.warm_changes,
-                    polling=args.polling, client_kind=args.client,
+                    polling=args.polling, client_kind=args.client, compare=args.compare,
                 )
             )  # fmt: skip
             cpu = {}
@@ -93,6 +95,8 @@ def main() -> None:
             "client": args.client,
         },
     }
+    if "compared" in figures:
+        report["compared"] = figures["compared"]
     if "propagation_polling" in figures:
         report["propagation_polling"] = figures["propagation_polling"]
     if cpu:
@@ -103,6 +107,12 @@ def main() -> None:
         f"floor p50 {floor['p50_ms']} ms p99 {floor['p99_ms']} ms; propagation p50"
         f" {prop['p50_ms']} ms p99 {prop['p99_ms']} ms; {report['ratio_p50_to_floor']}x floor"
     )
+    if "compared" in report:
+        other = report["compared"]
+        print(
+            f"the same changes through {other['client']}: propagation p50"
+            f" {other['propagation']['p50_ms']} ms; {other['ratio_p50_to_floor']}x floor"
+        )
     if cpu:
         print("CPU per change: " + ", ".join(f"{name} {ms} ms" for name, ms in cpu.items()))
     if args.json:
