@@ -27,7 +27,7 @@ import msgspec
 import uvicorn
 from starlette.routing import BaseRoute
 
-from agent import metrics
+from agent import data_dir, metrics
 from agent.catalog import CatalogError, decode_services_file
 from agent.config import AgentConfig, LogFormat
 from agent.httpapi import create_app
@@ -294,6 +294,24 @@ async def run_agent(
 ) -> None:
     """Run the agent until a signal arrives (returns) or a child fails (raises)."""
     started_at = time.monotonic()
+    with contextlib.ExitStack() as held:
+        # Entered apart from the run, so that only the lock's own errors read as the data
+        # dir's.
+        try:
+            held.enter_context(data_dir.exclusive(Path(config.data_dir)))
+        except data_dir.DataDirInUse as exc:
+            raise AgentError(str(exc)) from None
+        except OSError as exc:
+            raise AgentError(f"cannot open state in {config.data_dir}: {exc}") from None
+        await _run_with_data_dir(config, extensions, task_status, started_at)
+
+
+async def _run_with_data_dir(
+    config: AgentConfig,
+    extensions: Sequence[ExtensionFactory],
+    task_status: anyio.abc.TaskStatus[None],
+    started_at: float,
+) -> None:
     try:
         store = await anyio.to_thread.run_sync(Store.open, Path(config.data_dir))
     except Exception as exc:  # sqlite3.Error, OSError: an unusable data dir

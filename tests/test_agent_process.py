@@ -156,6 +156,39 @@ def test_env_config_file_and_flags(tmp_path: Path) -> None:
     assert "invalid config: bogus: unknown field" in result.stderr
 
 
+def test_a_second_agent_on_the_same_data_dir_is_refused(agent_process: AgentProcess) -> None:
+    """Two agents on one data dir would publish the same streams with the same Seqs: the
+    second exits 1 with a line naming the first one's pid, and the first keeps serving with
+    its state intact. Once the first has stopped (here: killed), the dir is free again."""
+    assert agent_process.proc is not None
+    first_pid = agent_process.proc.pid
+    with agent_process.client() as http:
+        http.put("/v1/agent/service/register", json={"Name": "kept", "ID": "kept-1"})
+    result = peering(
+        "agent",
+        "--name",
+        "beta",
+        "--kafka",
+        "h:1",
+        "--http",
+        f"127.0.0.1:{free_port()}",
+        "--data-dir",
+        str(agent_process.data_dir),
+    )
+    assert result.returncode == 1
+    assert f"is in use by another agent (pid {first_pid})" in result.stderr
+    assert "Traceback" not in result.stderr
+    with agent_process.client() as http:
+        assert [e["Service"]["ID"] for e in http.get("/v1/health/service/kept").json()] == [
+            "kept-1"
+        ]
+    agent_process.restart()  # killed first, as in a crash: the kernel drops the lock
+    with agent_process.client() as http:
+        assert [e["Service"]["ID"] for e in http.get("/v1/health/service/kept").json()] == [
+            "kept-1"
+        ]
+
+
 def test_port_in_use_is_a_clear_error(agent_process: AgentProcess, tmp_path: Path) -> None:
     """A second agent on a busy port exits 1 with a line saying it cannot listen."""
     result = peering(
