@@ -156,6 +156,13 @@ def test_env_config_file_and_flags(tmp_path: Path) -> None:
     assert "invalid config: bogus: unknown field" in result.stderr
 
 
+def second_agent(http: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``peering agent`` named beta on ``http`` and ``data_dir``, to its exit."""
+    return peering(
+        "agent", "--name", "beta", "--kafka", "h:1", "--http", http, "--data-dir", str(data_dir)
+    )
+
+
 def test_a_second_agent_on_the_same_data_dir_is_refused(agent_process: AgentProcess) -> None:
     """Two agents on one data dir would publish the same streams with the same Seqs: the
     second exits 1 with a line naming the first one's pid, and the first keeps serving with
@@ -164,17 +171,7 @@ def test_a_second_agent_on_the_same_data_dir_is_refused(agent_process: AgentProc
     first_pid = agent_process.proc.pid
     with agent_process.client() as http:
         http.put("/v1/agent/service/register", json={"Name": "kept", "ID": "kept-1"})
-    result = peering(
-        "agent",
-        "--name",
-        "beta",
-        "--kafka",
-        "h:1",
-        "--http",
-        f"127.0.0.1:{free_port()}",
-        "--data-dir",
-        str(agent_process.data_dir),
-    )
+    result = second_agent(f"127.0.0.1:{free_port()}", agent_process.data_dir)
     assert result.returncode == 1
     assert f"is in use by another agent (pid {first_pid})" in result.stderr
     assert "Traceback" not in result.stderr
@@ -191,17 +188,7 @@ def test_a_second_agent_on_the_same_data_dir_is_refused(agent_process: AgentProc
 
 def test_port_in_use_is_a_clear_error(agent_process: AgentProcess, tmp_path: Path) -> None:
     """A second agent on a busy port exits 1 with a line saying it cannot listen."""
-    result = peering(
-        "agent",
-        "--name",
-        "beta",
-        "--kafka",
-        "h:1",
-        "--http",
-        agent_process.addr,
-        "--data-dir",
-        str(tmp_path),
-    )
+    result = second_agent(agent_process.addr, tmp_path)
     assert result.returncode == 1
     assert "cannot listen on" in result.stderr
     assert "Traceback" not in result.stderr
