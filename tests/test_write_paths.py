@@ -1,6 +1,8 @@
 """Where the HTTP API's store calls run: small writes on the event loop, but never waiting
 there for a bulk write that holds the store (a services file or a config entry over the
-whole catalog can hold it for seconds); the agent keeps answering meanwhile."""
+whole catalog can hold it for seconds); the agent keeps answering meanwhile. And in what
+order a write's consequences run: an API write's fsync after the exporters it woke, an
+import's bookkeeping after the blocking queries it woke."""
 
 from __future__ import annotations
 
