@@ -282,33 +282,35 @@ class Store(PeeringTables):
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
+        """One snapshot for multi-statement reads."""
+        with self._reader() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
         # The writer's connection when no write holds it (the event loop's reads: writes in
         # worker threads are the bulk ones): its page cache is warm, where another
         # connection finds its cache dropped after each commit of the writer and reads every
-        # page again, a pread each.
-        if self._lock.acquire(blocking=False):
-            try:
-                if not self._conn.in_transaction:
-                    self._conn.execute("BEGIN")
-                    try:
-                        yield self._conn
-                    finally:
-                        self._conn.execute("COMMIT")
-                    return
-            finally:
-                self._lock.release()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-            with self._readers_lock:
-                self._readers.append(conn)
-        # One snapshot for multi-statement reads.
-        conn.execute("BEGIN")
+        # page again, a pread each. Else this thread's own reader connection.
+        held = self._lock.acquire(blocking=False)
         try:
+            if held and not self._conn.in_transaction:
+                yield self._conn
+                return
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._connect()
+                self._local.conn = conn
+                with self._readers_lock:
+                    self._readers.append(conn)
             yield conn
         finally:
-            conn.execute("COMMIT")
+            if held:
+                self._lock.release()
 
     def _write(
         self,
