@@ -37,8 +37,15 @@ import msgspec
 
 from agent import catalog
 from agent.catalog import ExportedServicesEntry
+from agent.imported_view import ImportedView
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
-from agent.store_peering import PEERING_SCHEMA, UPSERT_IMPORTED, PeeringTables, Touched
+from agent.store_peering import (
+    PEERING_SCHEMA,
+    UPSERT_IMPORTED,
+    PeeringTables,
+    Touched,
+    _wire_to_local,
+)
 
 Source = Literal["api", "file"]
 DB_FILE = "agent.db"
@@ -210,8 +217,23 @@ class Store(PeeringTables):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._conn = self._connect()
+        # The highest index this store committed or handed out (``stage_import``, ahead of
+        # its commit): later writes count from it, so the index never moves backwards, and a
+        # stage needs no read for it.
+        self._index_seen = 0
+        # The exported-services entry as of the last commit (a 1-tuple; None: not read yet).
+        # Every write of the catalog refreshes the exported view with it; only the writes
+        # that recompute the whole view (``exported="all"``, config changes among them) read
+        # it again: one statement less on a change's way to the peers.
+        self._entry_cache: tuple[ExportedServicesEntry | None] | None = None
+        # ``?peer=`` reads answer from memory; not in a read-only store, whose database
+        # another process writes.
+        self.imported_view: ImportedView | None = None
         if readonly:
-            return  # creating the schema is a write: a read-only store takes it as it is
+            return
+        self.imported_view = ImportedView(
+            self._load_imported
+        )  # creating the schema is a write: a read-only store takes it as it is
         with self._lock:
             self._conn.executescript(_SCHEMA)
             self._conn.executescript(PEERING_SCHEMA)
@@ -319,6 +341,7 @@ class Store(PeeringTables):
         exported: Literal["none", "touched", "all"],
         now: float | None = None,
         durable: bool = True,
+        staged_index: int | None = None,
     ) -> int:
         """Run ``apply(conn, next_index, touched)`` in one transaction; bump the index if it
         changed.
@@ -337,6 +360,9 @@ class Store(PeeringTables):
         ``exported`` says whether the write may change what peers see: the exported view of
         the instances ``apply`` put in ``touched`` (or of every instance, for config changes)
         is then recomputed and its diff appended to the feed in the same transaction.
+
+        ``staged_index`` is the index ``stage_import`` already handed out for this write: the
+        write takes it rather than a new one (unless another write has gone past it).
         """
         if self.readonly:
             raise StoreError("this store was opened read-only")
@@ -347,18 +373,29 @@ class Store(PeeringTables):
             conn.execute("BEGIN IMMEDIATE")
             fed: frozenset[str] = frozenset()
             try:
-                index = _get_index(conn)
+                stored = _get_index(conn)
+                index = max(stored, self._index_seen)
                 touched: Touched = {}
                 changed = apply(conn, index + 1, touched)
                 if changed and exported != "none":
+                    if exported == "all" or self._entry_cache is None:
+                        self._entry_cache = (_load_entry(conn),)
                     refresh = None if exported == "all" else touched
-                    fed = _refresh_exported(conn, time.time() if now is None else now, refresh)
-                if changed:
+                    when = time.time() if now is None else now
+                    fed = _refresh_exported(conn, when, refresh, self._entry_cache[0])
+                if staged_index is not None:
+                    index = max(index, staged_index)
+                elif changed:
                     index += 1
+                else:
+                    index = stored  # nothing to announce, nothing to persist
+                if index != stored:
                     conn.execute("UPDATE meta SET value = ? WHERE key = 'index'", (index,))
                 conn.execute("COMMIT")
+                self._index_seen = max(self._index_seen, index)
             except BaseException:
                 conn.execute("ROLLBACK")
+                self._entry_cache = None  # it may have been read inside the transaction
                 raise
             finally:
                 if durable:
@@ -667,7 +704,10 @@ class Store(PeeringTables):
             )
             return True
 
-        return self._write(apply, exported="none")
+        try:
+            return self._write(apply, exported="none")
+        finally:
+            self._forget_imported(peer)
 
     def apply_imported(
         self, peer: str, upserts: Iterable[ServiceInstance], removals: Iterable[str]
@@ -693,7 +733,10 @@ class Store(PeeringTables):
                 changed |= cur.rowcount > 0
             return changed
 
-        return self._write(apply, exported="none")
+        try:
+            return self._write(apply, exported="none")
+        finally:
+            self._forget_imported(peer)
 
     def set_imported_stale(self, peer: str, stale: bool) -> int:
         """Flag ``peer``'s imported services as stale (peering FAILING) or fresh again."""
@@ -716,10 +759,15 @@ class Store(PeeringTables):
             dropped = conn.execute("DELETE FROM imported_peers WHERE peer = ?", (peer,)).rowcount
             return removed + dropped > 0
 
-        return self._write(apply, exported="none")
+        try:
+            return self._write(apply, exported="none")
+        finally:
+            self._forget_imported(peer)
 
     def imported_instances(self, peer: str, name: str | None = None) -> list[ServiceInstance]:
         """Instances imported from ``peer`` (all, or of one service), ordered by key."""
+        if self.imported_view is not None:
+            return self.imported_view.instances(peer, name)
         with self._read() as conn:
             if name is None:
                 rows = conn.execute(
@@ -731,6 +779,60 @@ class Store(PeeringTables):
                     (peer, name),
                 ).fetchall()
         return [_instance_decoder.decode(r[0]) for r in rows]
+
+    def _load_imported(self, peer: str) -> list[tuple[str, ServiceInstance]]:
+        """(key, instance) of everything imported from ``peer``: what ``imported_view`` loads."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT key, body FROM imported WHERE peer = ?", (peer,)).fetchall()
+        return [(key, _instance_decoder.decode(body)) for key, body in rows]
+
+    def stage_import(
+        self, peer: str, upserts: Sequence[ServiceInstance], removed_keys: Sequence[str]
+    ) -> int | None:
+        """Put an importer's batch in the imported view and wake the readers, ahead of its
+        commit; the index handed out, which the commit (``commit_import(staged_index=)``)
+        then takes. None, and nothing done, when the view is not loaded for ``peer`` or a
+        write in a worker thread holds the store: the batch then goes the usual way.
+
+        On the event loop only. A watcher's answer no longer waits for the commit. That
+        costs nothing in consistency: the batch is already the importer's state, and should
+        the commit not happen (crash, cancellation: then ``unstage_import``), the importer
+        reads the same records again and reaches the same set.
+        """
+        view = self.imported_view
+        if view is None or not view.loaded(peer) or not (upserts or removed_keys):
+            return None
+        with self.writer_if_free() as free:
+            if not free:
+                return None
+            index = (self._index_seen or _get_index(self._conn)) + 1
+            self._index_seen = index
+            view.apply(
+                peer,
+                [(catalog.instance_key(inst), inst) for inst in upserts],
+                [_wire_to_local(key) for key in removed_keys],
+            )
+        if self._on_change is not None:
+            self._on_change(index)
+        return index
+
+    def unstage_import(self, peer: str) -> None:
+        """A staged batch will not be committed: the view loads ``peer`` from the table again."""
+        self._forget_imported(peer)
+
+    def _imported_applied(
+        self, peer: str, upserts: list[ServiceInstance], removed_keys: list[str]
+    ) -> None:
+        """After an importer's commit: the same change in the view (again, if staged)."""
+        if self.imported_view is not None:
+            self.imported_view.apply(
+                peer, [(catalog.instance_key(inst), inst) for inst in upserts], removed_keys
+            )
+
+    def _forget_imported(self, peer: str) -> None:
+        """After a write of ``peer``'s imported set other than an importer's batch."""
+        if self.imported_view is not None:
+            self.imported_view.forget(peer)
 
     def imported_service_names(self, peer: str) -> dict[str, list[str]]:
         """``/v1/catalog/services?peer=``: imported service name -> tags."""
@@ -964,7 +1066,10 @@ _REFRESH_ALL_ABOVE = 2000
 
 
 def _refresh_exported(
-    conn: sqlite3.Connection, now: float, touched: Touched | None
+    conn: sqlite3.Connection,
+    now: float,
+    touched: Touched | None,
+    entry: ExportedServicesEntry | None,
 ) -> frozenset[str]:
     """Recompute the exported view (of the ``touched`` instances, or all), store it and
     append its diff to the feed; the peers whose feed grew.
@@ -990,7 +1095,7 @@ def _refresh_exported(
             current += conn.execute(
                 f"SELECT peer, key, body FROM exported_current WHERE key IN ({marks})", chunk
             ).fetchall()
-    new = catalog.exported_view(instances, _load_entry(conn))
+    new = catalog.exported_view(instances, entry)
     old: dict[str, dict[str, ServiceInstance]] = {}
     for peer, key, body in current:
         old.setdefault(peer, {})[key] = _instance_decoder.decode(body)

@@ -93,6 +93,9 @@ class PeeringTables:
 
     _write: Callable[..., int]  # Store._write(apply(conn, index, touched), exported=...)
     _read: Callable[[], AbstractContextManager[sqlite3.Connection]]
+    # Store's: keep its in-memory imported view in step with the table.
+    _forget_imported: Callable[[str], None]
+    _imported_applied: Callable[[str, list[ServiceInstance], list[str]], None]
 
     # --- peerings --------------------------------------------------------------------------
 
@@ -132,7 +135,10 @@ class PeeringTables:
             conn.execute("DELETE FROM imported_peers WHERE peer = ?", (name,))
             return True
 
-        self._write(apply, exported="none")
+        try:
+            self._write(apply, exported="none")
+        finally:
+            self._forget_imported(name)
 
     # --- small counters (bootstrap topic position) ----------------------------------------
 
@@ -269,10 +275,13 @@ class PeeringTables:
         removed_keys: Iterable[str],
         *,
         replace_all: bool = False,
+        staged_index: int | None = None,
     ) -> int:
         """Apply imported changes and the new cursor in one transaction.
 
         With ``replace_all`` the peer's imported set becomes exactly ``upserts`` (resync swap).
+        ``staged_index``: the batch went through ``Store.stage_import`` first, which handed
+        out this index and already answered the readers.
         Not fsync'd (``durable=False``): a power loss rolls back the records and the offset
         together, and the importer reads them again from the topic (see Store._write).
         """
@@ -306,4 +315,11 @@ class PeeringTables:
                 changed |= cur.rowcount > 0
             return changed
 
-        return self._write(apply, exported="none", durable=False)
+        if replace_all:
+            try:
+                return self._write(apply, exported="none", durable=False)
+            finally:
+                self._forget_imported(peer)
+        index = self._write(apply, exported="none", durable=False, staged_index=staged_index)
+        self._imported_applied(peer, ups, removed)
+        return index

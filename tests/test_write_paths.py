@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import httpx
 import pytest
@@ -133,12 +134,8 @@ def test_an_api_write_is_seen_by_waiting_tasks_before_its_fsync_and_answered_aft
     assert order == ["commit", "woken task ran", "fsync agent.db-wal", "answer 200"]
 
 
-def test_an_import_lets_the_queries_it_woke_answer_before_its_bookkeeping(
-    tmp_path: Path,
-) -> None:
-    """The importer commits a poll, then yields once: the blocking queries the commit woke
-    answer before the importer's metrics and liveness bookkeeping (a watcher's way)."""
-    store = Store.open(tmp_path)
+def _importer(store: Store) -> tuple[PeeringRecord, list[Record]]:
+    """A dialer's peering "east" and the records of one upsert of web-1 on its stream."""
     est = Established()
     status = PeeringStatus(
         Name="east", PeerRole=Role.DIALER, State=PeeringState.ACTIVE, StateSince=NOW
@@ -160,30 +157,58 @@ def test_an_import_lets_the_queries_it_woke_answer_before_its_bookkeeping(
         Record("stream", 0, offset, 0, *encode_event(est.a2d, event))
         for offset, event in enumerate(events)
     ]
+    return record, records
+
+
+def _context(store: Store, record: PeeringRecord, notifier: IndexNotifier) -> PeeringContext:
+    tracker = PeeringTracker(store, lambda: NOW)
+    tracker.put(record)
+    return PeeringContext(
+        store, notifier, tracker, lambda: NOW, "west", record.Kafka, heartbeat_interval=1.0
+    )
+
+
+def _committed(store: Store) -> int:
+    """Instances of "east" in the imported table (a read-only store reads the table)."""
+    reader = Store.open_readonly(store.path.parent)
+    try:
+        return len(reader.imported_instances("east"))
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("read_before", [False, True])
+def test_an_import_lets_the_queries_it_woke_answer_before_its_bookkeeping(
+    tmp_path: Path, read_before: bool
+) -> None:
+    """The blocking queries an import wakes answer before the importer's metrics and liveness
+    bookkeeping (a watcher's way). Once ``?peer=east`` has been read, the batch reaches them
+    from the in-memory view before its commit too; before that, after it."""
+    store = Store.open(tmp_path)
+    record, records = _importer(store)
     order: list[str] = []
 
     async def scenario() -> None:
         notifier = IndexNotifier()
         notifier.bind(store.index)
-        tracker = PeeringTracker(store, lambda: NOW)
-        tracker.put(record)
-        store.set_on_change(lambda index: (order.append("commit"), notifier.notify(index)))
-        ctx = PeeringContext(
-            store, notifier, tracker, lambda: NOW, "west", record.Kafka, heartbeat_interval=1.0
-        )
+        ctx = _context(store, record, notifier)
+        store.set_on_change(lambda index: (order.append("woken"), notifier.notify(index)))
         importer = Importer(ctx, record)
         observe = importer._observe
 
         def bookkeeping(*args: Any) -> None:
-            order.append("bookkeeping")
+            order.append(f"bookkeeping, committed {_committed(store)}")
             observe(*args)
 
         importer._observe = bookkeeping  # type: ignore[method-assign]
         index = store.index
+        if read_before:
+            assert store.imported_instances("east") == []
 
         async def blocking_query() -> None:
             await notifier.wait_beyond(index)
-            order.append("query answered " + str(len(store.imported_instances("east", "web"))))
+            answer = len(store.imported_instances("east", "web"))
+            order.append(f"query answered {answer}, committed {_committed(store)}")
 
         async with anyio.create_task_group() as group:
             group.start_soon(blocking_query)
@@ -194,4 +219,52 @@ def test_an_import_lets_the_queries_it_woke_answer_before_its_bookkeeping(
         anyio.run(scenario)
     finally:
         store.close()
-    assert order == ["commit", "query answered 1", "bookkeeping"]
+    if read_before:
+        assert order == [
+            "woken",
+            "query answered 1, committed 0",
+            "woken",
+            "bookkeeping, committed 1",
+        ]
+    else:
+        assert order == ["woken", "query answered 1, committed 1", "bookkeeping, committed 1"]
+
+
+def test_an_importer_cancelled_between_its_stage_and_its_commit_leaves_no_trace(
+    tmp_path: Path,
+) -> None:
+    """Cancelled at the turn of the loop after its batch reached the view, before the commit
+    (the peering deleted, the agent stopping): readers see the table again, nothing of the
+    batch, and the next write takes an index past the one handed out."""
+    store = Store.open(tmp_path)
+    record, records = _importer(store)
+    seen: list[int] = []
+
+    async def scenario() -> None:
+        notifier = IndexNotifier()
+        notifier.bind(store.index)
+        ctx = _context(store, record, notifier)
+        store.set_on_change(notifier.notify)
+        importer = Importer(ctx, record)
+        index = store.index
+        assert store.imported_instances("east") == []
+
+        async def cancel_when_woken(group: anyio.abc.TaskGroup) -> None:
+            seen.append(await notifier.wait_beyond(index))
+            seen.append(len(store.imported_instances("east")))
+            group.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(cancel_when_woken, group)
+            await anyio.lowlevel.checkpoint()
+            await importer.apply_batch(records)
+            pytest.fail("the batch was committed")
+
+    try:
+        anyio.run(scenario)
+        assert seen[1] == 1  # the staged batch was visible
+        assert store.imported_instances("east") == []
+        assert _committed(store) == 0
+        assert store.register(ServiceInstance(ID="db-1", Name="db")) == seen[0] + 1
+    finally:
+        store.close()

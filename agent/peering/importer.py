@@ -106,19 +106,28 @@ class Importer:
             if key in after:
                 self.per_service.add(after[key].Name)
         self.cursor = ImportCursor(state=ingested.state, keyring=ingested.keyring)
-        await write_on_loop(
-            ctx.store,
-            ctx.store.commit_import,
-            record.Name,
-            record.ID,
-            self.cursor,
-            upserts,
-            removed,
-        )
-        # The commit woke the blocking queries watching these services: one turn of the loop
-        # lets them answer before the metrics and liveness bookkeeping below (~0.1 ms of a
-        # change's way to a watcher on this machine).
-        await anyio.lowlevel.checkpoint()
+        # The batch goes to the in-memory imported view first, waking the blocking queries
+        # that watch these services; one turn of the loop lets them answer before the commit
+        # and the bookkeeping below (~0.3 ms of a change's way to a watcher on this machine).
+        staged = ctx.store.stage_import(record.Name, upserts, removed)
+        try:
+            if staged is not None:
+                await anyio.lowlevel.checkpoint()
+            await write_on_loop(
+                ctx.store,
+                partial(ctx.store.commit_import, staged_index=staged),
+                record.Name,
+                record.ID,
+                self.cursor,
+                upserts,
+                removed,
+            )
+        except BaseException:
+            if staged is not None:
+                ctx.store.unstage_import(record.Name)
+            raise
+        if staged is None:
+            await anyio.lowlevel.checkpoint()  # the commit woke them: the same turn, later
         self._observe(ingested, now)
         return not any(
             isinstance(e, reducer.PeerTerminated)

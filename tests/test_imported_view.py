@@ -1,0 +1,233 @@
+"""The in-memory imported view: ``?peer=`` reads answer from it, an importer's batch reaches it
+(and the blocking queries) before its commit, and it never disagrees with the ``imported``
+table once a write is committed."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from agent.imported_view import ImportedView
+from agent.model import ServiceInstance
+from agent.reducer import ImportState
+from agent.store import Store
+from agent.store_peering import ImportCursor
+from agent.wire.events import instance_key as wire_key
+from agent.wire.keys import Direction, new_keyring
+
+KEYRING = new_keyring(b"r" * 32, "peering-1", Direction.ACCEPTOR_TO_DIALER)
+CURSOR = ImportCursor(state=ImportState(), keyring=KEYRING)
+
+
+def inst(id_: str, name: str = "web", port: int = 80) -> ServiceInstance:
+    return ServiceInstance(ID=id_, Name=name, Port=port)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def table(store: Store, peer: str, name: str | None = None) -> list[ServiceInstance]:
+    """What the ``imported`` table holds, read the way the debugging tools read it."""
+    reader = Store.open_readonly(store.path.parent)
+    try:
+        return reader.imported_instances(peer, name)
+    finally:
+        reader.close()
+
+
+def commit(store: Store, peer: str, ups: list[ServiceInstance], gone: list[str]) -> int:
+    """An importer's batch, keys as on the wire."""
+    return store.commit_import(peer, "peering-1", CURSOR, ups, [wire_key(k) for k in gone])
+
+
+def test_reads_are_ordered_as_the_table_orders_them(store: Store) -> None:
+    """Keys sort the same in memory as under SQLite's ORDER BY key, non-ASCII ones too."""
+    ids = ["b", "a", "B", "é-1", "z", "ä", "a-10", "a-2", "日本", "~"]
+    commit(store, "east", [inst(i, name="web" if n % 2 else "api") for n, i in enumerate(ids)], [])
+    store.imported_instances("east")  # loaded
+    commit(store, "east", [inst("0", name="web"), inst("ÿ", name="api")], [])
+    for name in (None, "web", "api", "none"):
+        assert store.imported_instances("east", name) == table(store, "east", name)
+    assert [i.ID for i in store.imported_instances("east")][:3] == ["0", "B", "a"]
+
+
+def test_a_random_mix_of_writes_keeps_the_view_equal_to_the_table(store: Store) -> None:
+    """Batches (renames across services, removals of present and absent keys), resync swaps,
+    drops and deleted peerings: after each, every read equals the table."""
+    rng = random.Random(7)
+    services = ["web", "api", "db"]
+    for step in range(300):
+        peer = rng.choice(["east", "north"])
+        action = rng.random()
+        if action < 0.75:
+            ups = [
+                inst(f"i{rng.randrange(30)}", rng.choice(services), rng.randrange(3))
+                for _ in range(rng.randrange(4))
+            ]
+            gone = [f"i{rng.randrange(30)}" for _ in range(rng.randrange(3))]
+            gone = [g for g in gone if g not in {u.ID for u in ups}]
+            commit(store, peer, ups, gone)
+        elif action < 0.85:
+            swap = [inst(f"i{n}", rng.choice(services)) for n in rng.sample(range(30), 5)]
+            store.commit_import(peer, "peering-1", CURSOR, swap, (), replace_all=True)
+        elif action < 0.9:
+            store.replace_imported(peer, [inst(f"r{n}") for n in range(rng.randrange(3))])
+        elif action < 0.95:
+            store.drop_imported(peer)
+        else:
+            store.forget_peering(peer, "peering-1")
+        if step % 3 == 0:
+            store.imported_instances(peer)  # sometimes loaded before the next write, sometimes not
+        for name in (None, *services):
+            assert store.imported_instances(peer, name) == table(store, peer, name), step
+
+
+def test_a_staged_batch_is_read_and_woken_before_its_commit_which_takes_its_index(
+    store: Store,
+) -> None:
+    commit(store, "east", [inst("web-1")], [])
+    assert store.imported_instances("east", "web") == [inst("web-1")]  # loaded
+    notified: list[int] = []
+    store.set_on_change(notified.append)
+    before = store.index
+
+    staged = store.stage_import("east", [inst("web-2")], [wire_key("web-1")])
+
+    assert staged == before + 1
+    assert notified == [staged]
+    assert store.imported_instances("east", "web") == [inst("web-2")]
+    assert table(store, "east") == [inst("web-1")]  # not committed yet
+    assert store.index == before  # the table's index moves with the commit
+
+    index = store.commit_import(
+        "east", "peering-1", CURSOR, [inst("web-2")], [wire_key("web-1")], staged_index=staged
+    )
+
+    assert index == staged == store.index
+    assert table(store, "east") == store.imported_instances("east") == [inst("web-2")]
+    store.register(inst("local-1", name="local"))
+    assert store.index == staged + 1
+
+
+def test_a_write_between_stage_and_commit_takes_a_later_index(store: Store) -> None:
+    """The staged index is handed out: nothing committed meanwhile may take it again, and the
+    index never moves backwards."""
+    store.imported_instances("east")
+    staged = store.stage_import("east", [inst("web-1")], [])
+    assert staged is not None
+    local = store.register(inst("local-1", name="local"))
+    assert local > staged
+    index = store.commit_import(
+        "east", "peering-1", CURSOR, [inst("web-1")], [], staged_index=staged
+    )
+    assert index == local == store.index
+    assert store.register(inst("local-2", name="local")) == local + 1
+
+
+def test_an_unstaged_batch_leaves_the_view_as_the_table_is(store: Store) -> None:
+    """A staged batch whose commit never comes (the importer cancelled or crashed before it):
+    the view reloads the table, and the index handed out is never handed out again."""
+    commit(store, "east", [inst("web-1")], [])
+    store.imported_instances("east")
+    staged = store.stage_import("east", [inst("web-2")], [])
+    assert staged is not None
+    store.unstage_import("east")
+    assert store.imported_instances("east") == [inst("web-1")]
+    assert commit(store, "east", [inst("web-3")], []) == staged + 1
+
+
+def test_nothing_is_staged_where_the_view_is_not_loaded_or_a_thread_holds_the_store(
+    store: Store,
+) -> None:
+    assert store.stage_import("east", [inst("web-1")], []) is None  # not loaded: nobody reads
+    store.imported_instances("east")
+    assert store.stage_import("east", [], []) is None  # nothing to stage
+    held, release = threading.Event(), threading.Event()
+
+    def bulk_write() -> None:
+        with store.writer_if_free():
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=bulk_write)
+    thread.start()
+    try:
+        assert held.wait(10)
+        assert store.stage_import("east", [inst("web-1")], []) is None
+    finally:
+        release.set()
+        thread.join()
+    assert store.imported_instances("east") == []
+
+
+def test_a_load_that_raced_a_write_is_not_kept() -> None:
+    """A read that loads the peer while a write commits may have read the table before the
+    commit: its load answers that read only, the next read loads again."""
+    loads = 0
+
+    def load(peer: str) -> list[tuple[str, ServiceInstance]]:
+        nonlocal loads
+        loads += 1
+        if loads == 1:
+            view.apply(peer, [("web-2", inst("web-2"))], [])  # committed while we read
+            return [("web-1", inst("web-1"))]
+        return [("web-1", inst("web-1")), ("web-2", inst("web-2"))]
+
+    view = ImportedView(load)
+    assert [i.ID for i in view.instances("east")] == ["web-1"]
+    assert [i.ID for i in view.instances("east")] == ["web-1", "web-2"]
+    assert loads == 2
+    assert [i.ID for i in view.instances("east", "web")] == ["web-1", "web-2"]
+    assert loads == 2  # kept this time
+
+
+def test_a_rename_moves_an_instance_between_services() -> None:
+    view = ImportedView(lambda peer: [("k", inst("k", name="web"))])
+    view.instances("east")
+    view.apply("east", [("k", inst("k", name="api"))], [])
+    assert view.instances("east", "web") == []
+    assert view.instances("east", "api") == [inst("k", name="api")]
+    view.apply("east", [], ["k", "absent"])
+    assert view.instances("east") == []
+
+
+def test_an_importer_cancelled_between_stage_and_commit_leaves_the_table_view(
+    store: Store,
+) -> None:
+    """Cancellation at the turn of the loop between the stage and the commit: nothing of the
+    batch is committed, and the view says so again."""
+    commit(store, "east", [inst("web-1")], [])
+    store.imported_instances("east")
+
+    async def importer_step() -> None:
+        staged = store.stage_import("east", [inst("web-2")], [])
+        try:
+            await anyio.lowlevel.checkpoint()
+            store.commit_import(
+                "east", "peering-1", CURSOR, [inst("web-2")], [], staged_index=staged
+            )
+        except BaseException:
+            store.unstage_import("east")
+            raise
+
+    async def scenario() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(importer_step)
+            await anyio.lowlevel.checkpoint()  # it staged and yields
+            assert [i.ID for i in store.imported_instances("east")] == ["web-1", "web-2"]
+            group.cancel_scope.cancel()
+
+    anyio.run(scenario)
+    assert store.imported_instances("east") == table(store, "east") == [inst("web-1")]
