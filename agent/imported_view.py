@@ -6,9 +6,10 @@ which answer from here while the batch's SQLite commit follows (``Store.stage_im
 read from SQLite after the commit cost the watcher the commit (~0.2 ms after the process
 slept) and the read (~0.1 ms) before its answer.
 
-A peer's set is loaded from the table on its first read and then kept up to date by every
-write of the store: an importer's batch as a delta, anything else (a resync's swap, a peering
-deleted) by forgetting the peer, which the next read loads again. Thread-safe: bulk writes
+A peer's set is primed by its importer when it starts (with the instances it loaded anyway)
+or else loaded from the table on its first read, and then kept up to date by every write of
+the store: an importer's batch as a delta, anything else (a resync's swap, a peering deleted)
+by forgetting the peer, which the next read loads again. Thread-safe: bulk writes
 commit in worker threads while the event loop reads; one short lock guards each mutation and
 each read's copy.
 """
@@ -99,6 +100,14 @@ class ImportedView:
                 peer_set.put(key, instance)
             for key in removed:
                 peer_set.drop(key)
+
+    def prime(self, peer: str, instances: Iterable[tuple[str, ServiceInstance]]) -> None:
+        """Install ``peer``'s whole set as its importer holds it (the same objects, so the
+        view costs its dicts, not a second copy; no read of the table)."""
+        peer_set = _PeerSet(instances)
+        with self._lock:
+            self._versions[peer] = self._versions.get(peer, 0) + 1
+            self._peers[peer] = peer_set
 
     def forget(self, peer: str) -> None:
         """Drop ``peer``'s copy: the next read loads it from the table again."""

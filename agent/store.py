@@ -816,6 +816,11 @@ class Store(PeeringTables):
             self._on_change(index)
         return index
 
+    def prime_imported(self, peer: str, instances: Iterable[ServiceInstance]) -> None:
+        """Give the imported view ``peer``'s set as its importer loaded it from this store."""
+        if self.imported_view is not None:
+            self.imported_view.prime(peer, ((catalog.instance_key(i), i) for i in instances))
+
     def unstage_import(self, peer: str) -> None:
         """A staged batch will not be committed: the view loads ``peer`` from the table again."""
         self._forget_imported(peer)

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.kafka_fixtures",
     "tests.agent_fixtures",
     "tests.prometheus_fixture",
+    "tests.store_fixtures",
 ]

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import anyio.lowlevel
-import pytest
 
 from agent.imported_view import ImportedView
 from agent.model import ServiceInstance
@@ -27,15 +24,6 @@ CURSOR = ImportCursor(state=ImportState(), keyring=KEYRING)
 
 def inst(id_: str, name: str = "web", port: int = 80) -> ServiceInstance:
     return ServiceInstance(ID=id_, Name=name, Port=port)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def table(store: Store, peer: str, name: str | None = None) -> list[ServiceInstance]:
@@ -191,6 +179,25 @@ def test_a_load_that_raced_a_write_is_not_kept() -> None:
     assert loads == 2
     assert [i.ID for i in view.instances("east", "web")] == ["web-1", "web-2"]
     assert loads == 2  # kept this time
+
+
+def test_a_primed_peer_is_not_read_from_the_table_and_shares_the_instances(
+    store: Store,
+) -> None:
+    """An importer primes the view with the set it loaded: no second copy, no read."""
+    loaded = [inst("web-2"), inst("web-1"), inst("api-1", name="api")]
+    commit(store, "east", loaded, [])
+    store.prime_imported("east", loaded)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    try:
+        got = store.imported_instances("east")
+    finally:
+        store._conn.set_trace_callback(None)
+    assert statements == []
+    assert [i.ID for i in got] == ["api-1", "web-1", "web-2"]
+    assert all(any(g is o for o in loaded) for g in got)
+    assert store.stage_import("east", [inst("web-3")], []) is not None
 
 
 def test_a_rename_moves_an_instance_between_services() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,6 @@ def export(*services: tuple[str, list[str]]) -> ExportedServicesEntry:
             ExportedService(n, tuple(ServiceConsumer(p) for p in peers)) for n, peers in services
         ),
     )
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_register_read_deregister_moves_index(store: Store) -> None:

@@ -80,6 +80,9 @@ class Importer:
         # Instances per imported service, kept up to date batch by batch: recounting walked
         # the whole imported set per poll (at 100k instances, more time than applying).
         self.per_service = ServiceCounts(i.Name for i in self.cursor.state.Instances.values())
+        # ?peer= reads answer from the store's imported view: it shares these instances
+        # rather than loading its own copy on the first read.
+        ctx.store.prime_imported(record.Name, self.cursor.state.Instances.values())
 
     async def apply_batch(self, batch: list[kafka_client.Record]) -> bool:
         """Fold and commit one poll; False when the peer terminated the peering."""
@@ -200,7 +203,8 @@ class Importer:
         )
         self.cursor = ImportCursor(state=state, keyring=keyring)
         self.per_service = ServiceCounts(i.Name for i in state.Instances.values())
-        # The whole imported set in one transaction: a bulk write, off the event loop.
+        # The whole imported set in one transaction: a bulk write, off the event loop. It
+        # forgets the imported view, which is then primed with the rebuilt set.
         await anyio.to_thread.run_sync(
             partial(self.ctx.store.commit_import, replace_all=True),
             record.Name,
@@ -209,6 +213,7 @@ class Importer:
             list(state.Instances.values()),
             (),
         )
+        self.ctx.store.prime_imported(record.Name, state.Instances.values())
         for reject in rejects:
             if reject.reason.value != "retired_epoch":
                 metrics.RECORDS_REJECTED.labels(peer=record.Name, reason=reject.reason.value).inc()
