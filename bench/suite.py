@@ -198,6 +198,9 @@ def catalog_round(work: Path, bootstrap: str, count: int, report: dict[str, Any]
                 "floor": figures["floor"],
                 "propagation": figures["propagation"],
                 "ratio_p50_to_floor": figures["ratio_p50_to_floor"],
+                # After the watched reads: they load the imported view (?peer= answers from
+                # memory), so this is the importing agent's peak while serving them.
+                "west_peak_rss_mb": round(west.peak_rss_mb(), 1),
             }
         )
         report["throughput_load"].append(load)
@@ -351,7 +354,8 @@ def table(report: dict[str, Any]) -> str:
         prop = size["propagation"]
         figure = (
             f"p50 {prop['p50_ms']} ms, p99 {prop['p99_ms']} ms, {size['ratio_p50_to_floor']:.2f}x"
-            f" floor (floor p50 {size['floor']['p50_ms']} ms)"
+            f" floor (floor p50 {size['floor']['p50_ms']} ms); importer peak RSS"
+            f" {size.get('west_peak_rss_mb', float('nan'))} MB"
         )
         rows.append((f"propagation, {size['instances']:,} instances in the catalog", figure, ""))
     for cold in report["cold_import"]:
