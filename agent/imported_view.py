@@ -63,6 +63,11 @@ class ImportedView:
         with self._lock:
             return peer in self._peers
 
+    def version(self, peer: str) -> int:
+        """Moves with every write that touches ``peer``."""
+        with self._lock:
+            return self._versions.get(peer, 0)
+
     def instances(self, peer: str, name: str | None = None) -> list[ServiceInstance]:
         """``peer``'s instances (all, or of service ``name``) ordered by key, as SQLite's
         ``ORDER BY key`` orders them (str order is code point order, which is UTF-8 byte
@@ -88,18 +93,19 @@ class ImportedView:
 
     def apply(
         self, peer: str, upserts: Iterable[tuple[str, ServiceInstance]], removed: Iterable[str]
-    ) -> None:
-        """One batch of an importer: upsert instances by key, remove keys. A peer not loaded
-        yet stays so (its first read loads the table, which has the batch by then)."""
+    ) -> int:
+        """One batch of an importer: upsert instances by key, remove keys; the peer's new
+        version. A peer not loaded yet stays so (its first read loads the table, which has
+        the batch by then)."""
         with self._lock:
-            self._versions[peer] = self._versions.get(peer, 0) + 1
+            version = self._versions[peer] = self._versions.get(peer, 0) + 1
             peer_set = self._peers.get(peer)
-            if peer_set is None:
-                return
-            for key, instance in upserts:
-                peer_set.put(key, instance)
-            for key in removed:
-                peer_set.drop(key)
+            if peer_set is not None:
+                for key, instance in upserts:
+                    peer_set.put(key, instance)
+                for key in removed:
+                    peer_set.drop(key)
+            return version
 
     def prime(self, peer: str, instances: Iterable[tuple[str, ServiceInstance]]) -> None:
         """Install ``peer``'s whole set as its importer holds it (the same objects, so the

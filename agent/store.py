@@ -226,6 +226,9 @@ class Store(PeeringTables):
         # that recompute the whole view (``exported="all"``, config changes among them) read
         # it again: one statement less on a change's way to the peers.
         self._entry_cache: tuple[ExportedServicesEntry | None] | None = None
+        # Per peer, the view's version right after ``stage_import`` applied a batch: its
+        # commit need not apply the batch again unless the view moved since.
+        self._staged_versions: dict[str, int] = {}
         # ``?peer=`` reads answer from memory; not in a read-only store, whose database
         # another process writes.
         self.imported_view: ImportedView | None = None
@@ -807,7 +810,7 @@ class Store(PeeringTables):
                 return None
             index = (self._index_seen or _get_index(self._conn)) + 1
             self._index_seen = index
-            view.apply(
+            self._staged_versions[peer] = view.apply(
                 peer,
                 [(catalog.instance_key(inst), inst) for inst in upserts],
                 [_wire_to_local(key) for key in removed_keys],
@@ -826,13 +829,17 @@ class Store(PeeringTables):
         self._forget_imported(peer)
 
     def _imported_applied(
-        self, peer: str, upserts: list[ServiceInstance], removed_keys: list[str]
+        self, peer: str, upserts: list[ServiceInstance], removed_keys: list[str], staged: bool
     ) -> None:
-        """After an importer's commit: the same change in the view (again, if staged)."""
-        if self.imported_view is not None:
-            self.imported_view.apply(
-                peer, [(catalog.instance_key(inst), inst) for inst in upserts], removed_keys
-            )
+        """After an importer's commit: the same change in the view, unless its stage put it
+        there and nothing touched the view since (a bulk load applies 2,000 per batch)."""
+        view = self.imported_view
+        if view is None:
+            return
+        staged_version = self._staged_versions.pop(peer, None)
+        if staged and staged_version == view.version(peer):
+            return
+        view.apply(peer, [(catalog.instance_key(inst), inst) for inst in upserts], removed_keys)
 
     def _forget_imported(self, peer: str) -> None:
         """After a write of ``peer``'s imported set other than an importer's batch."""

@@ -95,7 +95,7 @@ class PeeringTables:
     _read: Callable[[], AbstractContextManager[sqlite3.Connection]]
     # Store's: keep its in-memory imported view in step with the table.
     _forget_imported: Callable[[str], None]
-    _imported_applied: Callable[[str, list[ServiceInstance], list[str]], None]
+    _imported_applied: Callable[[str, list[ServiceInstance], list[str], bool], None]
 
     # --- peerings --------------------------------------------------------------------------
 
@@ -321,5 +321,5 @@ class PeeringTables:
             finally:
                 self._forget_imported(peer)
         index = self._write(apply, exported="none", durable=False, staged_index=staged_index)
-        self._imported_applied(peer, ups, removed)
+        self._imported_applied(peer, ups, removed, staged_index is not None)
         return index
