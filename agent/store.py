@@ -233,10 +233,8 @@ class Store(PeeringTables):
         # another process writes.
         self.imported_view: ImportedView | None = None
         if readonly:
-            return
-        self.imported_view = ImportedView(
-            self._load_imported
-        )  # creating the schema is a write: a read-only store takes it as it is
+            return  # creating the schema is a write: a read-only store takes it as it is
+        self.imported_view = ImportedView(self._load_imported)
         with self._lock:
             self._conn.executescript(_SCHEMA)
             self._conn.executescript(PEERING_SCHEMA)
