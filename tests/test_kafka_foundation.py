@@ -72,6 +72,49 @@ def test_send_batch_spans_several_record_batches_in_order(
     assert [(r.key, r.value) for r in read] == [*records, (None, b"last")]
 
 
+def test_a_long_idle_fetch_answers_as_soon_as_a_record_lands(
+    kafka: DevBroker, topic_name: Callable[[str], str]
+) -> None:
+    """A follower waiting in a long idle fetch (an importer's, half a heartbeat) gets a record
+    produced meanwhile in its next batch, not an empty batch when the wait ends first: the
+    wait sets only how often an idle stream is polled, never how late a change arrives."""
+    topic = topic_name("idle")
+    wait = 10.0
+
+    async def scenario() -> list[tuple[int, list[bytes]]]:
+        assert await kafka_client.create_topic(kafka.bootstrap, topic, compacted=False)
+        batches: list[tuple[int, list[bytes]]] = []
+        async with kafka_client.producer(kafka.bootstrap) as producer:
+
+            async def follow() -> None:
+                async for batch in kafka_client.read_batches(
+                    kafka.bootstrap, topic, stop_at_end=False, poll_interval=wait
+                ):
+                    batches.append((batch.end_offset, [r.value for r in batch.records]))
+                    if batch.records:
+                        return
+
+            with anyio.fail_after(wait * 3):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(follow)
+                    await anyio.sleep(1.0)  # the follower's first fetch is waiting
+                    await kafka_client.send(producer, topic, b"k", b"landed")
+        return batches
+
+    batches = anyio.run(scenario)
+    assert batches == [(1, [b"landed"])]
+
+
+def test_the_importers_idle_fetch_wait_is_half_a_heartbeat_within_the_request_timeout() -> None:
+    """Half a heartbeat interval, as short as before for the fast test heartbeats, and
+    never near aiokafka's 40 s request timeout, whatever the configured heartbeat."""
+    from agent.peering.importer import idle_fetch_wait
+
+    assert idle_fetch_wait(0.2) == 0.1
+    assert idle_fetch_wait(5.0) == 2.5
+    assert idle_fetch_wait(3600.0) == 5.0
+
+
 def test_compacted_topic_config_reads_back(
     kafka: DevBroker, topic_name: Callable[[str], str]
 ) -> None:

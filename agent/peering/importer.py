@@ -246,6 +246,20 @@ def _applied_events(ingested: reducer.Ingested) -> list[tuple[str, float]]:
     return result
 
 
+# The longest an idle fetch waits at the broker (well under aiokafka's 40 s request timeout).
+MAX_IDLE_FETCH_WAIT = 5.0
+
+
+def idle_fetch_wait(heartbeat_interval: float) -> float:
+    """How long an importer's fetch waits at the broker when nothing arrives: half a
+    heartbeat interval. The broker answers as soon as a record lands, so this sets only how
+    often an idle stream is polled: with 50 peerings at the default 5 s heartbeat, waits of
+    0.5 s (before) cost the exporting agent 6.6-6.8 % of a core in idle fetches and
+    heartbeats, waits of 2.5 s 4.35-4.6 %. Nothing else waits on an idle poll: liveness has its
+    own ticker, and the lag it updates is 0 while idle."""
+    return min(MAX_IDLE_FETCH_WAIT, heartbeat_interval / 2)
+
+
 async def run_importer(ctx: PeeringContext, name: str) -> None:
     """The importer loop of peering ``name``; returns when the peer terminated it."""
     record = ctx.tracker.get(name)
@@ -260,7 +274,7 @@ async def run_importer(ctx: PeeringContext, name: str) -> None:
                 record.import_topic,
                 start_offset=importer.cursor.state.LastOffset + 1,
                 stop_at_end=False,
-                poll_interval=min(0.5, ctx.heartbeat_interval / 2),
+                poll_interval=idle_fetch_wait(ctx.heartbeat_interval),
             ):
                 if batch.records and not await importer.apply_batch(batch.records):
                     return
