@@ -19,19 +19,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
+from agent.catalog import instance_key
 from agent.model import ServiceInstance
 
 
 class _PeerSet:
     """One peer's imported instances: service name -> instance key -> instance."""
 
-    def __init__(self, instances: Iterable[tuple[str, ServiceInstance]]) -> None:
+    def __init__(self, instances: Iterable[ServiceInstance]) -> None:
         self.by_service: dict[str, dict[str, ServiceInstance]] = {}
         self.service_of: dict[str, str] = {}
-        for key, instance in instances:
-            self.put(key, instance)
+        for instance in instances:
+            self.put(instance)
 
-    def put(self, key: str, instance: ServiceInstance) -> None:
+    def put(self, instance: ServiceInstance) -> None:
+        key = instance_key(instance)
         old = self.service_of.get(key)
         if old is not None and old != instance.Name:
             self.drop(key)
@@ -51,7 +53,7 @@ class _PeerSet:
 class ImportedView:
     """Each peer's imported instances, loaded on first read through ``load``."""
 
-    def __init__(self, load: Callable[[str], list[tuple[str, ServiceInstance]]]) -> None:
+    def __init__(self, load: Callable[[str], list[ServiceInstance]]) -> None:
         self._load = load
         self._peers: dict[str, _PeerSet] = {}
         # Moves with every write that touches a peer, loaded or not: a load that raced a
@@ -91,9 +93,7 @@ class ImportedView:
         items.sort(key=_by_key)
         return [instance for _key, instance in items]
 
-    def apply(
-        self, peer: str, upserts: Iterable[tuple[str, ServiceInstance]], removed: Iterable[str]
-    ) -> int:
+    def apply(self, peer: str, upserts: Iterable[ServiceInstance], removed: Iterable[str]) -> int:
         """One batch of an importer: upsert instances by key, remove keys; the peer's new
         version. A peer not loaded yet stays so (its first read loads the table, which has
         the batch by then)."""
@@ -101,13 +101,13 @@ class ImportedView:
             version = self._versions[peer] = self._versions.get(peer, 0) + 1
             peer_set = self._peers.get(peer)
             if peer_set is not None:
-                for key, instance in upserts:
-                    peer_set.put(key, instance)
+                for instance in upserts:
+                    peer_set.put(instance)
                 for key in removed:
                     peer_set.drop(key)
             return version
 
-    def prime(self, peer: str, instances: Iterable[tuple[str, ServiceInstance]]) -> None:
+    def prime(self, peer: str, instances: Iterable[ServiceInstance]) -> None:
         """Install ``peer``'s whole set as its importer holds it (the same objects, so the
         view costs its dicts, not a second copy; no read of the table)."""
         peer_set = _PeerSet(instances)

@@ -781,11 +781,11 @@ class Store(PeeringTables):
                 ).fetchall()
         return [_instance_decoder.decode(r[0]) for r in rows]
 
-    def _load_imported(self, peer: str) -> list[tuple[str, ServiceInstance]]:
-        """(key, instance) of everything imported from ``peer``: what ``imported_view`` loads."""
+    def _load_imported(self, peer: str) -> list[ServiceInstance]:
+        """Everything imported from ``peer``: what ``imported_view`` loads."""
         with self._read() as conn:
-            rows = conn.execute("SELECT key, body FROM imported WHERE peer = ?", (peer,)).fetchall()
-        return [(key, _instance_decoder.decode(body)) for key, body in rows]
+            rows = conn.execute("SELECT body FROM imported WHERE peer = ?", (peer,)).fetchall()
+        return [_instance_decoder.decode(row[0]) for row in rows]
 
     def stage_import(
         self, peer: str, upserts: Sequence[ServiceInstance], removed_keys: Sequence[str]
@@ -809,9 +809,7 @@ class Store(PeeringTables):
             index = (self._index_seen or _get_index(self._conn)) + 1
             self._index_seen = index
             self._staged_versions[peer] = view.apply(
-                peer,
-                [(catalog.instance_key(inst), inst) for inst in upserts],
-                [_wire_to_local(key) for key in removed_keys],
+                peer, upserts, [_wire_to_local(key) for key in removed_keys]
             )
         if self._on_change is not None:
             self._on_change(index)
@@ -820,7 +818,7 @@ class Store(PeeringTables):
     def prime_imported(self, peer: str, instances: Iterable[ServiceInstance]) -> None:
         """Give the imported view ``peer``'s set as its importer loaded it from this store."""
         if self.imported_view is not None:
-            self.imported_view.prime(peer, ((catalog.instance_key(i), i) for i in instances))
+            self.imported_view.prime(peer, instances)
 
     def unstage_import(self, peer: str) -> None:
         """A staged batch will not be committed: the view loads ``peer`` from the table again."""
@@ -837,7 +835,7 @@ class Store(PeeringTables):
         staged_version = self._staged_versions.pop(peer, None)
         if staged and staged_version == view.version(peer):
             return
-        view.apply(peer, [(catalog.instance_key(inst), inst) for inst in upserts], removed_keys)
+        view.apply(peer, upserts, removed_keys)
 
     def _forget_imported(self, peer: str) -> None:
         """After a write of ``peer``'s imported set other than an importer's batch."""

@@ -168,13 +168,13 @@ def test_a_load_that_raced_a_write_is_not_kept() -> None:
     commit: its load answers that read only, the next read loads again."""
     loads = 0
 
-    def load(peer: str) -> list[tuple[str, ServiceInstance]]:
+    def load(peer: str) -> list[ServiceInstance]:
         nonlocal loads
         loads += 1
         if loads == 1:
-            view.apply(peer, [("web-2", inst("web-2"))], [])  # committed while we read
-            return [("web-1", inst("web-1"))]
-        return [("web-1", inst("web-1")), ("web-2", inst("web-2"))]
+            view.apply(peer, [inst("web-2")], [])  # committed while we read
+            return [inst("web-1")]
+        return [inst("web-1"), inst("web-2")]
 
     view = ImportedView(load)
     assert [i.ID for i in view.instances("east")] == ["web-1"]
@@ -204,9 +204,9 @@ def test_a_primed_peer_is_not_read_from_the_table_and_shares_the_instances(
 
 
 def test_a_rename_moves_an_instance_between_services() -> None:
-    view = ImportedView(lambda peer: [("k", inst("k", name="web"))])
+    view = ImportedView(lambda peer: [inst("k", name="web")])
     view.instances("east")
-    view.apply("east", [("k", inst("k", name="api"))], [])
+    view.apply("east", [inst("k", name="api")], [])
     assert view.instances("east", "web") == []
     assert view.instances("east", "api") == [inst("k", name="api")]
     view.apply("east", [], ["k", "absent"])
