@@ -231,10 +231,10 @@ class Store(PeeringTables):
         self._staged_versions: dict[str, int] = {}
         # ``?peer=`` reads answer from memory; not in a read-only store, whose database
         # another process writes.
-        self.imported_view: ImportedView | None = None
+        self._imported_view: ImportedView | None = None
         if readonly:
             return  # creating the schema is a write: a read-only store takes it as it is
-        self.imported_view = ImportedView(self._load_imported)
+        self._imported_view = ImportedView(self._load_imported)
         with self._lock:
             self._conn.executescript(_SCHEMA)
             self._conn.executescript(PEERING_SCHEMA)
@@ -343,6 +343,7 @@ class Store(PeeringTables):
         now: float | None = None,
         durable: bool = True,
         staged_index: int | None = None,
+        rewrites_imported_of: str | None = None,
     ) -> int:
         """Run ``apply(conn, next_index, touched)`` in one transaction; bump the index if it
         changed.
@@ -364,7 +365,16 @@ class Store(PeeringTables):
 
         ``staged_index`` is the index ``stage_import`` already handed out for this write: the
         write takes it rather than a new one (unless another write has gone past it).
+
+        ``rewrites_imported_of``: the write changes that peer's imported set otherwise than
+        by an importer's batch (a swap, a drop); the imported view forgets the peer once the
+        transaction is over, committed or not, and the next read loads it again.
         """
+        if rewrites_imported_of is not None:
+            try:
+                return self._write(apply, exported=exported, now=now, durable=durable)
+            finally:
+                self._forget_imported(rewrites_imported_of)
         if self.readonly:
             raise StoreError("this store was opened read-only")
         with self._lock:
@@ -705,10 +715,7 @@ class Store(PeeringTables):
             )
             return True
 
-        try:
-            return self._write(apply, exported="none")
-        finally:
-            self._forget_imported(peer)
+        return self._write(apply, exported="none", rewrites_imported_of=peer)
 
     def apply_imported(
         self, peer: str, upserts: Iterable[ServiceInstance], removals: Iterable[str]
@@ -734,10 +741,7 @@ class Store(PeeringTables):
                 changed |= cur.rowcount > 0
             return changed
 
-        try:
-            return self._write(apply, exported="none")
-        finally:
-            self._forget_imported(peer)
+        return self._write(apply, exported="none", rewrites_imported_of=peer)
 
     def set_imported_stale(self, peer: str, stale: bool) -> int:
         """Flag ``peer``'s imported services as stale (peering FAILING) or fresh again."""
@@ -760,15 +764,12 @@ class Store(PeeringTables):
             dropped = conn.execute("DELETE FROM imported_peers WHERE peer = ?", (peer,)).rowcount
             return removed + dropped > 0
 
-        try:
-            return self._write(apply, exported="none")
-        finally:
-            self._forget_imported(peer)
+        return self._write(apply, exported="none", rewrites_imported_of=peer)
 
     def imported_instances(self, peer: str, name: str | None = None) -> list[ServiceInstance]:
         """Instances imported from ``peer`` (all, or of one service), ordered by key."""
-        if self.imported_view is not None:
-            return self.imported_view.instances(peer, name)
+        if self._imported_view is not None:
+            return self._imported_view.instances(peer, name)
         with self._read() as conn:
             if name is None:
                 rows = conn.execute(
@@ -800,7 +801,7 @@ class Store(PeeringTables):
         the commit not happen (crash, cancellation: then ``unstage_import``), the importer
         reads the same records again and reaches the same set.
         """
-        view = self.imported_view
+        view = self._imported_view
         if view is None or not view.loaded(peer) or not (upserts or removed_keys):
             return None
         with self.writer_if_free() as free:
@@ -817,8 +818,8 @@ class Store(PeeringTables):
 
     def prime_imported(self, peer: str, instances: Iterable[ServiceInstance]) -> None:
         """Give the imported view ``peer``'s set as its importer loaded it from this store."""
-        if self.imported_view is not None:
-            self.imported_view.prime(peer, instances)
+        if self._imported_view is not None:
+            self._imported_view.prime(peer, instances)
 
     def unstage_import(self, peer: str) -> None:
         """A staged batch will not be committed: the view loads ``peer`` from the table again."""
@@ -829,7 +830,7 @@ class Store(PeeringTables):
     ) -> None:
         """After an importer's commit: the same change in the view, unless its stage put it
         there and nothing touched the view since (a bulk load applies 2,000 per batch)."""
-        view = self.imported_view
+        view = self._imported_view
         if view is None:
             return
         staged_version = self._staged_versions.pop(peer, None)
@@ -839,8 +840,8 @@ class Store(PeeringTables):
 
     def _forget_imported(self, peer: str) -> None:
         """After a write of ``peer``'s imported set other than an importer's batch."""
-        if self.imported_view is not None:
-            self.imported_view.forget(peer)
+        if self._imported_view is not None:
+            self._imported_view.forget(peer)
 
     def imported_service_names(self, peer: str) -> dict[str, list[str]]:
         """``/v1/catalog/services?peer=``: imported service name -> tags."""

@@ -93,8 +93,7 @@ class PeeringTables:
 
     _write: Callable[..., int]  # Store._write(apply(conn, index, touched), exported=...)
     _read: Callable[[], AbstractContextManager[sqlite3.Connection]]
-    # Store's: keep its in-memory imported view in step with the table.
-    _forget_imported: Callable[[str], None]
+    # Store's: keep its in-memory imported view in step with an importer's batch.
     _imported_applied: Callable[[str, list[ServiceInstance], list[str], bool], None]
 
     # --- peerings --------------------------------------------------------------------------
@@ -135,10 +134,7 @@ class PeeringTables:
             conn.execute("DELETE FROM imported_peers WHERE peer = ?", (name,))
             return True
 
-        try:
-            self._write(apply, exported="none")
-        finally:
-            self._forget_imported(name)
+        self._write(apply, exported="none", rewrites_imported_of=name)
 
     # --- small counters (bootstrap topic position) ----------------------------------------
 
@@ -316,10 +312,7 @@ class PeeringTables:
             return changed
 
         if replace_all:
-            try:
-                return self._write(apply, exported="none", durable=False)
-            finally:
-                self._forget_imported(peer)
+            return self._write(apply, exported="none", durable=False, rewrites_imported_of=peer)
         index = self._write(apply, exported="none", durable=False, staged_index=staged_index)
         self._imported_applied(peer, ups, removed, staged_index is not None)
         return index
