@@ -355,7 +355,7 @@ def table(report: dict[str, Any]) -> str:
         figure = (
             f"p50 {prop['p50_ms']} ms, p99 {prop['p99_ms']} ms, {size['ratio_p50_to_floor']:.2f}x"
             f" floor (floor p50 {size['floor']['p50_ms']} ms); importer peak RSS"
-            f" {size.get('west_peak_rss_mb', float('nan'))} MB"
+            f" {size['west_peak_rss_mb']} MB"
         )
         rows.append((f"propagation, {size['instances']:,} instances in the catalog", figure, ""))
     for cold in report["cold_import"]:
