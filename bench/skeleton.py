@@ -1,0 +1,290 @@
+"""The thinnest agent pair a change could cross: how close to the floor two Python processes
+with HTTP on both ends can get on this machine, next to the real agents in the same run.
+
+    .venv/bin/python bench/skeleton.py [--changes 300] [--no-agents] [--json FILE]
+
+The skeleton is two processes on the agents' own stack (anyio on uvloop, uvicorn with
+httptools, the agent's Kafka producer and ``read_batches`` consumer) with nothing of the
+agent between the sockets:
+- the exporting one answers ``PUT /v1/agent/service/register`` by handing the body, as it
+  came, to the producer (no validation, store, exported view, feed, encryption) and
+  answering 200 without waiting for an fsync or the broker;
+- the importing one follows the topic and answers ``GET /v1/health/service/<name>`` (with
+  ``index`` and ``wait``, as a blocking query) from a dict of the latest bodies.
+
+Same broker, topic settings, record path and watcher (bench/latency.py) as the propagation
+figure, with the floor, a change through the skeleton and a change through the agents
+interleaved after the same warm-up. So the figures split the ratio to the floor in two: what
+any design with two Python processes and HTTP on both ends pays (skeleton / floor), and what
+the agents' own work adds (agents / skeleton). Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+import httpx
+import latency  # bench/ is on sys.path when a script here runs
+import msgspec
+import uvicorn
+from agents import Agent, establish, export
+
+from agent import kafka_client, topics
+from agent.devbroker import DevBroker, free_port
+from agent.processes import stop_process
+
+REPO = Path(__file__).resolve().parents[1]
+TOPIC = "bench-skeleton"
+# The importer's idle fetch wait at the benchmark's 1 s heartbeat (importer.idle_fetch_wait).
+IDLE_FETCH_WAIT = 0.5
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_JSON = (b"content-type", b"application/json")
+
+
+class ExporterApp:
+    """PUT register -> the body straight to the producer; answered once it is queued."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.failures = 0
+
+    def _failed(self, future: Any) -> None:
+        if future.exception() is not None:
+            self.failures += 1
+            print(f"skeleton exporter: produce failed: {future.exception()}", file=sys.stderr)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] == "PUT" and scope["path"] == "/v1/agent/service/register":
+            body = await _body(receive)
+            key = msgspec.json.decode(body)["ID"].encode()
+            # aiokafka's send queues the record and returns the future of its acknowledgement;
+            # the sender task puts it on the socket on the loop's next turn.
+            sent = await self.producer.send(TOPIC, value=body, key=key)
+            sent.add_done_callback(self._failed)
+            await _answer(send, 200, b"true", [_JSON])
+        else:
+            await _answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
+
+
+class ImporterApp:
+    """Follows the topic; GET health answers from the latest bodies, blocking on ``index``."""
+
+    def __init__(self) -> None:
+        self.latest: dict[bytes, Any] = {}
+        self.index = 1
+        self.changed = anyio.Event()
+
+    async def follow(self, bootstrap: str) -> None:
+        batches = kafka_client.read_batches(
+            bootstrap, TOPIC, stop_at_end=False, poll_interval=IDLE_FETCH_WAIT
+        )
+        async for batch in batches:
+            if not batch.records:
+                continue
+            for record in batch.records:
+                if record.key is not None and record.value is not None:
+                    self.latest[record.key] = msgspec.json.decode(record.value)
+            self.index += 1
+            self.changed.set()
+            self.changed = anyio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"].startswith("/v1/health/service/"):
+            name = scope["path"].rsplit("/", 1)[1]
+            query = parse_qs(scope["query_string"].decode())
+            if "index" in query:
+                with anyio.move_on_after(10):
+                    while self.index <= int(query["index"][0]):
+                        await self.changed.wait()
+            entries = [{"Service": body} for body in self.latest.values() if body["Name"] == name]
+            headers = [_JSON, (b"x-consul-index", str(self.index).encode())]
+            await _answer(send, 200, msgspec.json.encode(entries), headers)
+        else:
+            await _answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
+
+
+async def _serve(app: Any, port: int) -> None:
+    # As the agent binds (runtime._bind): IPPROTO_TCP, so asyncio sets TCP_NODELAY.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, proxy_headers=False, server_header=False,
+        lifespan="off",
+    )  # fmt: skip
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
+async def _run_role(role: str, bootstrap: str, port: int) -> None:
+    async with AsyncExitStack() as stack:
+        if role == "exporter":
+            producer = await stack.enter_async_context(kafka_client.producer(bootstrap))
+            await _serve(ExporterApp(producer), port)
+        else:
+            importer = ImporterApp()
+            async with anyio.create_task_group() as group:
+                group.start_soon(importer.follow, bootstrap)
+                await _serve(importer, port)
+                group.cancel_scope.cancel()
+
+
+class Skeleton:
+    """One skeleton process (``role`` exporter or importer) on its own port."""
+
+    def __init__(self, role: str, bootstrap: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, __file__, "--role", role, "--kafka", bootstrap,
+                "--port", str(self.port)]  # fmt: skip
+        self.process = subprocess.Popen(
+            args, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO, env=os.environ
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v1/status/leader", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"skeleton {role} did not start")
+
+    def stop(self) -> None:
+        stop_process(self.process, 10)
+
+
+async def _measure(
+    bootstrap: str,
+    paths: dict[str, tuple[str, latency.Target]],
+    samples: int,
+    warm_floor: int,
+    warm_changes: int,
+) -> dict[str, list[float]]:
+    """Warm-up, then per sample: a floor round trip, then one change through each path."""
+    pause = latency.pause_for(1)
+    out: dict[str, list[float]] = {"floor": [], **{name: [] for name in paths}}
+    async with latency.Floor(bootstrap) as floor, latency.open_client("lean") as client:
+        for _ in range(warm_floor):
+            await floor.round_trip()
+        for _ in range(warm_changes):
+            for exporter, target in paths.values():
+                await latency.watched_change(client, exporter, [target], pause)
+        for _ in range(samples):
+            await anyio.sleep(pause)
+            out["floor"].append(await floor.round_trip())
+            for name, (exporter, target) in paths.items():
+                change = await latency.watched_change(client, exporter, [target], pause)
+                out[name] += change.visible
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--changes", type=int, default=300, help="measured changes per path")
+    parser.add_argument("--warm-floor", type=int, default=latency.WARM_FLOOR)
+    parser.add_argument("--warm-changes", type=int, default=latency.WARM_CHANGES)
+    parser.add_argument("--no-agents", action="store_true", help="the skeleton alone")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--role", choices=["exporter", "importer"], help=argparse.SUPPRESS)
+    parser.add_argument("--kafka", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        anyio.run(_run_role, args.role, args.kafka, args.port, backend_options={"use_uvloop": True})
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = DevBroker(work / "broker")
+        broker.start()
+        broker.wait_ready()
+        running: list[Skeleton | Agent] = []
+        try:
+            anyio.run(
+                lambda: kafka_client.create_topic(
+                    broker.bootstrap, TOPIC, compacted=True, configs=dict(topics.STREAM_CONFIG)
+                )
+            )
+            exporter = Skeleton("exporter", broker.bootstrap, work / "skeleton-exporter.log")
+            running.append(exporter)
+            importer = Skeleton("importer", broker.bootstrap, work / "skeleton-importer.log")
+            running.append(importer)
+            paths = {"skeleton": (exporter.url, (importer.url, "east"))}
+            if not args.no_agents:
+                east = Agent("east", broker.bootstrap, work)
+                running.append(east)
+                west = Agent("west", broker.bootstrap, work)
+                running.append(west)
+                establish(east, west)
+                export(east, latency.SERVICE, ["west"])
+                paths["agents"] = (east.url, (west.url, "east"))
+            samples = anyio.run(
+                _measure, broker.bootstrap, paths, args.changes, args.warm_floor,
+                args.warm_changes,
+            )  # fmt: skip
+        finally:
+            for process in running:
+                process.stop()
+            broker.stop()
+    floor = latency.summary(samples["floor"])
+    report: dict[str, Any] = {"floor": floor}
+    for name in paths:
+        figures = latency.summary(samples[name])
+        report[name] = {
+            **figures,
+            "ratio_p50_to_floor": round(figures["p50_ms"] / floor["p50_ms"], 2),
+        }
+    report["method"] = {
+        "changes": args.changes,
+        "warm_floor": args.warm_floor,
+        "warm_changes": args.warm_changes,
+        "pause_s": latency.pause_for(1),
+        "client": "lean",
+    }
+    print(json.dumps(report, indent=2))
+    print(f"floor p50 {floor['p50_ms']} ms p99 {floor['p99_ms']} ms")
+    for name in paths:
+        row = report[name]
+        ratio = row["ratio_p50_to_floor"]
+        print(f"{name}: p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms, {ratio}x floor")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
