@@ -344,6 +344,7 @@ class Store(PeeringTables):
         durable: bool = True,
         staged_index: int | None = None,
         rewrites_imported_of: str | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> int:
         """Run ``apply(conn, next_index, touched)`` in one transaction; bump the index if it
         changed.
@@ -369,48 +370,25 @@ class Store(PeeringTables):
         ``rewrites_imported_of``: the write changes that peer's imported set otherwise than
         by an importer's batch (a swap, a drop); the imported view forgets the peer once the
         transaction is over, committed or not, and the next read loads it again.
+
+        ``after_commit`` runs once the transaction is committed. Both come before the callbacks that
+        wake the exporters and the blocking queries: a query woken by a write in a worker
+        thread runs on the loop while that thread is still here, and it must find the view
+        as the commit left it (else it answers the new index with the old set, and the set
+        changes under an index its watcher has already seen: a lost update).
         """
-        if rewrites_imported_of is not None:
-            try:
-                return self._write(apply, exported=exported, now=now, durable=durable)
-            finally:
-                self._forget_imported(rewrites_imported_of)
         if self.readonly:
             raise StoreError("this store was opened read-only")
-        with self._lock:
-            conn = self._conn
-            if durable:
-                conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("BEGIN IMMEDIATE")
-            fed: frozenset[str] = frozenset()
-            try:
-                stored = _get_index(conn)
-                index = max(stored, self._index_seen)
-                touched: Touched = {}
-                changed = apply(conn, index + 1, touched)
-                if changed and exported != "none":
-                    if exported == "all" or self._entry_cache is None:
-                        self._entry_cache = (_load_entry(conn),)
-                    refresh = None if exported == "all" else touched
-                    when = time.time() if now is None else now
-                    fed = _refresh_exported(conn, when, refresh, self._entry_cache[0])
-                if staged_index is not None:
-                    index = max(index, staged_index)
-                elif changed:
-                    index += 1
-                else:
-                    index = stored  # nothing to announce, nothing to persist
-                if index != stored:
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'index'", (index,))
-                conn.execute("COMMIT")
-                self._index_seen = max(self._index_seen, index)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                self._entry_cache = None  # it may have been read inside the transaction
-                raise
-            finally:
-                if durable:
-                    conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._lock:
+                index, changed, fed = self._transaction(apply, exported, now, durable, staged_index)
+        finally:
+            if rewrites_imported_of is not None:
+                self._forget_imported(rewrites_imported_of)
+        # The view is as the commit left it before anyone hears of the change: a write in a
+        # worker thread is still running here when the loop's readers it woke read the view.
+        if after_commit is not None:
+            after_commit()
         # Exporters first: each callback may wait for a hop onto the event loop, and the
         # exporter's produce is on the path to the peer; local blocking queries can wait.
         if fed and self._on_feed is not None:
@@ -418,6 +396,50 @@ class Store(PeeringTables):
         if changed and self._on_change is not None:
             self._on_change(index)
         return index
+
+    def _transaction(
+        self,
+        apply: Callable[[sqlite3.Connection, int, Touched], bool],
+        exported: Literal["none", "touched", "all"],
+        now: float | None,
+        durable: bool,
+        staged_index: int | None,
+    ) -> tuple[int, bool, frozenset[str]]:
+        """``_write``'s transaction, under the writer lock: (index, changed, peers fed)."""
+        conn = self._conn
+        if durable:
+            conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        fed: frozenset[str] = frozenset()
+        try:
+            stored = _get_index(conn)
+            index = max(stored, self._index_seen)
+            touched: Touched = {}
+            changed = apply(conn, index + 1, touched)
+            if changed and exported != "none":
+                if exported == "all" or self._entry_cache is None:
+                    self._entry_cache = (_load_entry(conn),)
+                refresh = None if exported == "all" else touched
+                when = time.time() if now is None else now
+                fed = _refresh_exported(conn, when, refresh, self._entry_cache[0])
+            if staged_index is not None:
+                index = max(index, staged_index)
+            elif changed:
+                index += 1
+            else:
+                index = stored  # nothing to announce, nothing to persist
+            if index != stored:
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'index'", (index,))
+            conn.execute("COMMIT")
+            self._index_seen = max(self._index_seen, index)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self._entry_cache = None  # it may have been read inside the transaction
+            raise
+        finally:
+            if durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
+        return index, changed, fed
 
     # --- catalog index ---------------------------------------------------------------------
 

@@ -313,6 +313,12 @@ class PeeringTables:
 
         if replace_all:
             return self._write(apply, exported="none", durable=False, rewrites_imported_of=peer)
-        index = self._write(apply, exported="none", durable=False, staged_index=staged_index)
-        self._imported_applied(peer, ups, removed, staged_index is not None)
-        return index
+        return self._write(
+            apply,
+            exported="none",
+            durable=False,
+            staged_index=staged_index,
+            after_commit=lambda: self._imported_applied(
+                peer, ups, removed, staged_index is not None
+            ),
+        )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 import threading
+import time
+from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
@@ -13,7 +15,7 @@ import anyio.lowlevel
 from agent.imported_view import ImportedView
 from agent.model import ServiceInstance
 from agent.reducer import ImportState
-from agent.store import Store
+from agent.store import IndexNotifier, Store
 from agent.store_peering import ImportCursor
 from agent.wire.events import instance_key as wire_key
 from agent.wire.keys import Direction, new_keyring
@@ -161,6 +163,69 @@ def test_nothing_is_staged_where_the_view_is_not_loaded_or_a_thread_holds_the_st
         release.set()
         thread.join()
     assert store.imported_instances("east") == []
+
+
+def _read_when_woken(
+    store: Store, write_in_thread: Callable[[], object], slow: str
+) -> list[list[int]]:
+    """Run ``write_in_thread`` in a worker thread, as an importer's commit goes while another
+    thread holds the store, with the store's ``slow`` step (its view maintenance) taking
+    0.2 s; a blocking query on the loop reads the view as soon as the write wakes it."""
+    step = getattr(store, slow)
+
+    def slowly(*args: object) -> None:
+        time.sleep(0.2)
+        step(*args)
+
+    setattr(store, slow, slowly)
+    notifier = IndexNotifier()
+    seen: list[list[int]] = []
+
+    async def scenario() -> None:
+        notifier.bind(store.index)
+        store.set_on_change(notifier.notify)
+        index = notifier.index
+
+        async def blocking_query() -> None:
+            await notifier.wait_beyond(index)
+            seen.append([i.Port for i in store.imported_instances("east", "web")])
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(blocking_query)
+            await anyio.lowlevel.checkpoint()  # waiting
+            await anyio.to_thread.run_sync(write_in_thread)
+
+    anyio.run(scenario)
+    return seen
+
+
+def test_a_batch_committed_in_a_worker_thread_is_in_the_view_before_it_wakes_anyone(
+    store: Store,
+) -> None:
+    """A query woken by the commit must find the batch: reading the old set under the new
+    index, its watcher would then wait on that index while the set changes under it (seen
+    in the 50-peer fan-out: a watcher answered 10 s late, at the end of its wait)."""
+    commit(store, "east", [inst("web-1", port=80)], [])
+    store.imported_instances("east")  # loaded
+
+    seen = _read_when_woken(
+        store, lambda: commit(store, "east", [inst("web-1", port=81)], []), "_imported_applied"
+    )
+
+    assert seen == [[81]]
+
+
+def test_a_resync_swap_in_a_worker_thread_is_in_the_view_before_it_wakes_anyone(
+    store: Store,
+) -> None:
+    commit(store, "east", [inst("web-1", port=80)], [])
+    store.imported_instances("east")  # loaded
+
+    def swap() -> None:
+        store.commit_import("east", "peering-1", CURSOR, [inst("web-2", port=82)], [],
+                            replace_all=True)  # fmt: skip
+
+    assert _read_when_woken(store, swap, "_forget_imported") == [[82]]
 
 
 def test_a_load_that_raced_a_write_is_not_kept() -> None:
