@@ -177,15 +177,18 @@ class CheckUpdate(msgspec.Struct, frozen=True):
 # --- helpers other route modules may reuse -----------------------------------------------
 
 
+def index_headers(index: int) -> dict[str, str]:
+    """What Consul sends with every catalog read."""
+    return {
+        "X-Consul-Index": str(index),
+        "X-Consul-KnownLeader": "true",
+        "X-Consul-LastContact": "0",
+    }
+
+
 def json_response(value: Any, status: int = 200, index: int | None = None) -> Response:
     """Encode ``value`` (Structs, lists, dicts) as JSON; set X-Consul-Index when given."""
-    headers = {}
-    if index is not None:
-        headers = {
-            "X-Consul-Index": str(index),
-            "X-Consul-KnownLeader": "true",
-            "X-Consul-LastContact": "0",
-        }
+    headers = {} if index is None else index_headers(index)
     return Response(_encoder.encode(value), status, headers=headers, media_type="application/json")
 
 
@@ -378,11 +381,11 @@ class Api:
 
     # --- query parameters ---
 
-    async def block(self, request: Request) -> None:
-        """Consul blocking query: wait until the index passes ``?index`` or ``?wait`` ends."""
+    def blocking_params(self, request: Request) -> tuple[int, float] | None:
+        """A blocking query's ``(index, wait)``, or None for a plain read."""
         raw = request.query_params.get("index")
         if raw is None:
-            return
+            return None
         if not raw.isdigit():
             raise ApiError(400, f"invalid index {raw!r}: expected a non-negative integer")
         wait = DEFAULT_WAIT_SECONDS
@@ -391,9 +394,41 @@ class Api:
                 wait = catalog.parse_duration(request.query_params["wait"], "wait")
             except CatalogError as exc:
                 raise ApiError(400, str(exc)) from None
-        wait = min(wait, MAX_WAIT_SECONDS)
+        return int(raw), min(wait, MAX_WAIT_SECONDS)
+
+    async def block(self, request: Request) -> None:
+        """Consul blocking query: wait until the index passes ``?index`` or ``?wait`` ends."""
+        wanted = self.blocking_params(request)
+        if wanted is None:
+            return
+        index, wait = wanted
         with anyio.move_on_after(wait):
-            await self.notifier.wait_beyond(int(raw))
+            await self.notifier.wait_beyond(index)
+
+    async def answer_blocking(self, request: Request, read: Callable[[], Any]) -> Response:
+        """A read that may be a blocking query, answered when *its* answer changes.
+
+        ``read()`` builds the answer (Structs, lists). The catalog index moves on every
+        change of anything, so waiting for it alone answered every watcher of every service
+        on each change anywhere, and each came straight back with the new index. If nothing
+        has changed since the client's ``?index`` when it arrives, its answer now is the one
+        it already has: the query keeps waiting, re-reading after each change, until that
+        answer differs or ``?wait`` ends (then it answers the same body, as Consul does). A
+        client behind the current index is answered at once, as before.
+        """
+        wanted = self.blocking_params(request)
+        index = self.catalog_index()  # before the read: the data is at least as new
+        body = _encoder.encode(read())
+        if wanted is not None and index <= wanted[0]:
+            with anyio.move_on_after(wanted[1]):
+                while not self.notifier.closed:
+                    await self.notifier.wait_beyond(index)
+                    index = self.catalog_index()
+                    fresh = _encoder.encode(read())
+                    if fresh != body:
+                        body = fresh
+                        break
+        return Response(body, 200, headers=index_headers(index), media_type="application/json")
 
     def catalog_index(self) -> int:
         """The index to answer with, taken before the data is read: the notifier's, which
@@ -458,26 +493,21 @@ class Api:
 
     # --- read endpoints ---
 
-    def _read_instances(
-        self, peer: str | None, name: str | None
-    ) -> tuple[int, list[LocalInstance]]:
-        """(index, instances) from the local catalog, or from ``peer``'s imported one.
-
-        The index is taken first: the data is at least as new, so a client never misses a
-        change. Imported instances carry no raft-style indexes (0), as they are not ours.
-        """
-        index = self.catalog_index()
+    def _read_instances(self, peer: str | None, name: str | None) -> list[LocalInstance]:
+        """Instances from the local catalog, or from ``peer``'s imported one. Imported
+        instances carry no raft-style indexes (0), as they are not ours."""
         if peer is None:
-            return index, self.store.list_local(name)
+            return self.store.list_local(name)
         imported = self.store.imported_instances(peer, name)
-        return index, [LocalInstance(inst, "peer", 0, 0) for inst in imported]
+        return [LocalInstance(inst, "peer", 0, 0) for inst in imported]
 
     async def catalog_services(self, request: Request) -> Response:
         self.common_params(request)
         peer = self.peer_param(request)
-        await self.block(request)
-        index, rows = self._read_instances(peer, None)
-        return json_response(catalog.service_tags(r.Instance for r in rows), index=index)
+        return await self.answer_blocking(
+            request,
+            lambda: catalog.service_tags(r.Instance for r in self._read_instances(peer, None)),
+        )
 
     def _service_name(self, request: Request) -> str:
         try:
@@ -490,10 +520,11 @@ class Api:
         name = self._service_name(request)
         peer = self.peer_param(request)
         tag = request.query_params.get("tag")
-        await self.block(request)
-        index, rows = self._read_instances(peer, name)
+        return await self.answer_blocking(request, lambda: self._catalog_entries(peer, name, tag))
+
+    def _catalog_entries(self, peer: str | None, name: str, tag: str | None) -> list[CatalogEntry]:
         entries = []
-        for row in rows:
+        for row in self._read_instances(peer, name):
             inst = row.Instance
             if tag is not None and tag not in inst.Tags:
                 continue
@@ -519,7 +550,7 @@ class Api:
                     PeerName=peer if peer is not None else msgspec.UNSET,
                 )
             )
-        return json_response(entries, index=index)
+        return entries
 
     async def health_service(self, request: Request) -> Response:
         self.common_params(request)
@@ -528,9 +559,14 @@ class Api:
         tag = request.query_params.get("tag")
         # Consul treats a bare ``?passing`` as true.
         passing = request.query_params.get("passing", "false").lower() not in ("false", "0")
-        await self.block(request)
-        index, rows = self._read_instances(peer, name)
-        instances = [r.Instance for r in rows]
+        return await self.answer_blocking(
+            request, lambda: self._health_entries(peer, name, tag, passing)
+        )
+
+    def _health_entries(
+        self, peer: str | None, name: str, tag: str | None, passing: bool
+    ) -> list[HealthEntry]:
+        instances = [r.Instance for r in self._read_instances(peer, name)]
         entries = []
         for inst in catalog.filter_health(instances, passing=passing, tag=tag):
             node = self.node(peer, inst.Address)
@@ -538,12 +574,10 @@ class Api:
             if peer is not None:
                 checks = tuple(msgspec.structs.replace(c, PeerName=peer) for c in checks)
             entries.append(HealthEntry(node, self.agent_service(inst, peer), checks))
-        return json_response(entries, index=index)
+        return entries
 
     async def exported_services(self, request: Request) -> Response:
-        await self.block(request)
-        index = self.catalog_index()
-        return json_response(self.store.exported_summary(), index=index)
+        return await self.answer_blocking(request, self.store.exported_summary)
 
     # --- agent endpoints ---
 

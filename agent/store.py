@@ -153,6 +153,11 @@ class IndexNotifier:
     def index(self) -> int:
         return self._index
 
+    @property
+    def closed(self) -> bool:
+        """The agent is stopping: waiters are released and nothing will wake them again."""
+        return self._closed
+
     def bind(self, index: int) -> None:
         """Attach to the running event loop, starting from the store's current index."""
         self._wake_on_loop = on_loop(self._wake)

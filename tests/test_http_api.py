@@ -278,6 +278,115 @@ def test_blocking_query_times_out_with_wait(http: httpx.Client) -> None:
     assert r.json() == []
 
 
+async def _blocked_until(
+    url: str, query: str, change: list[tuple[str, str, dict[str, object] | None]]
+) -> tuple[list[bool], httpx.Response]:
+    """Open the blocking query ``query``; for each change (method, path, JSON body), make it
+    and note whether the query was still blocked 0.4 s later; the query's answer."""
+    still_blocked: list[bool] = []
+    answer: list[httpx.Response] = []
+    answered = anyio.Event()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def blocker() -> None:
+            answer.append(await client.get(query))
+            answered.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(blocker)
+            await anyio.sleep(0.3)
+            for method, path, body in change:
+                r = await client.request(method, path, json=body)
+                assert r.status_code == 200, r.text
+                await anyio.sleep(0.4)
+                still_blocked.append(not answer)
+            with anyio.fail_after(10):
+                await answered.wait()
+    return still_blocked, answer[0]
+
+
+def test_blocking_query_waits_for_its_own_answer_to_change(
+    http: httpx.Client, agent_module: AgentProcess
+) -> None:
+    """A change elsewhere in the catalog moves the index but leaves the watcher of another
+    service waiting (Consul watches per service); its own service's change answers it."""
+    register(http, {"Name": "own", "ID": "own-1", "Port": 1})
+    index = int(http.get("/v1/health/service/own").headers["X-Consul-Index"])
+    blocked, r = anyio.run(
+        _blocked_until,
+        agent_module.url,
+        f"/v1/health/service/own?index={index}&wait=20s",
+        [
+            ("PUT", "/v1/agent/service/register", {"Name": "elsewhere", "ID": "else-1"}),
+            ("PUT", "/v1/agent/service/register", {"Name": "own", "ID": "own-1", "Port": 1}),
+            ("PUT", "/v1/agent/service/register", {"Name": "own", "ID": "own-1", "Port": 2}),
+        ],
+    )
+    # The second change re-registers what is there: not a change of the answer either.
+    assert blocked == [True, True, False]
+    assert int(r.headers["X-Consul-Index"]) > index
+    assert [e["Service"]["Port"] for e in r.json()] == [2]
+
+
+def test_blocking_query_with_a_filter_waits_for_the_filtered_answer(
+    http: httpx.Client, agent_module: AgentProcess
+) -> None:
+    """?passing: an instance that is not passing changes nothing a passing-only watcher sees;
+    its check passing does."""
+    index = int(http.get("/v1/health/service/flt?passing").headers["X-Consul-Index"])
+    blocked, r = anyio.run(
+        _blocked_until,
+        agent_module.url,
+        f"/v1/health/service/flt?passing&index={index}&wait=20s",
+        [
+            ("PUT", "/v1/agent/service/register",
+             {"Name": "flt", "ID": "flt-1", "Check": {"TTL": "30s"}}),
+            ("PUT", "/v1/agent/check/pass/service:flt-1", None),
+        ],
+    )  # fmt: skip
+    assert blocked == [True, False]
+    assert [e["Service"]["ID"] for e in r.json()] == ["flt-1"]
+
+
+def test_blocking_query_behind_the_index_answers_at_once(http: httpx.Client) -> None:
+    """A client whose index is older than the catalog's may have missed a change: answered
+    at once, whatever its answer is."""
+    index = int(http.get("/v1/health/service/behind").headers["X-Consul-Index"])
+    register(http, {"Name": "not-behind", "ID": "nb-1"})
+    started = time.monotonic()
+    r = http.get(f"/v1/health/service/behind?index={index}&wait=20s")
+    assert time.monotonic() - started < 5
+    assert int(r.headers["X-Consul-Index"]) > index
+    assert r.json() == []
+
+
+def test_blocking_query_unchanged_until_wait_answers_the_same_body(http: httpx.Client) -> None:
+    """Changes elsewhere during ?wait: the watcher is answered when the wait ends, with
+    the answer it had and the index the catalog has reached."""
+    register(http, {"Name": "same", "ID": "same-1"})
+    first = http.get("/v1/catalog/service/same")
+    index = int(first.headers["X-Consul-Index"])
+
+    async def main() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=http.base_url, timeout=30) as client:
+            async with anyio.create_task_group() as tg:
+                got: list[httpx.Response] = []
+
+                async def blocker() -> None:
+                    got.append(await client.get(f"/v1/catalog/service/same?index={index}&wait=1s"))
+
+                tg.start_soon(blocker)
+                await anyio.sleep(0.2)
+                await client.put("/v1/agent/service/register", json={"Name": "other", "ID": "o-1"})
+            return got[0]
+
+    started = time.monotonic()
+    r = anyio.run(main)
+    assert 0.9 < time.monotonic() - started < 5
+    assert r.json() == first.json()
+    assert int(r.headers["X-Consul-Index"]) > index
+
+
 def test_metrics_use_route_templates(http: httpx.Client) -> None:
     """/metrics counts requests by route template and code, never by raw path."""
     http.put("/v1/agent/check/pass/metrics-unknown-check")
