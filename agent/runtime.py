@@ -209,10 +209,14 @@ async def _serve_http(
 
 async def _ttl_ticker(store: Store, interval: float) -> None:
     while True:
-        expired = await anyio.to_thread.run_sync(store.expire_ttl_checks)
-        if expired:
-            metrics.TTL_CHECKS_EXPIRED.inc(len(expired))
-            log.info("TTL expired, checks now critical: %s", ", ".join(expired))
+        # A read on the loop first. The expiry is a write transaction in a worker thread;
+        # run on every tick, it held the writer lock twice a second for nothing, and the
+        # loop's small writes (an importer's batch) that met it went to a thread as well.
+        if store.ttl_due():
+            expired = await anyio.to_thread.run_sync(store.expire_ttl_checks)
+            if expired:
+                metrics.TTL_CHECKS_EXPIRED.inc(len(expired))
+                log.info("TTL expired, checks now critical: %s", ", ".join(expired))
         await anyio.sleep(interval)
 
 

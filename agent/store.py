@@ -536,6 +536,14 @@ class Store(PeeringTables):
         finally:
             os.close(fd)
 
+    def ttl_due(self, now: float | None = None) -> bool:
+        """Whether a TTL check's deadline has passed: one read along ``checks_by_expiry``,
+        so the expiry's write transaction runs only when it has something to do."""
+        at = time.time() if now is None else now
+        with self._reader() as conn:
+            row = conn.execute("SELECT 1 FROM checks WHERE expires_at <= ? LIMIT 1", (at,))
+            return row.fetchone() is not None
+
     def expire_ttl_checks(self, now: float | None = None) -> list[str]:
         """Turn TTL checks whose deadline passed critical; return their ids."""
         at = time.time() if now is None else now

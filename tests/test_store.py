@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import statistics
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
+from agent import runtime
 from agent.catalog import ExportedService, ExportedServicesEntry, ServiceConsumer
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
 from agent.store import IndexNotifier, Store, StoreError
@@ -89,6 +92,53 @@ def test_ttl_expiry_with_injected_now(store: Store) -> None:
     assert store.expire_ttl_checks(now=200.0) == []
     store.update_check("service:web-1", CheckStatus.PASSING, now=200.0)
     assert store.expire_ttl_checks(now=206.0) == ["service:web-1"]
+
+
+def test_ttl_due_says_whether_the_expiry_has_work(store: Store) -> None:
+    """The ticker's read before the expiry's write: due once a deadline passed, not after
+    it fired, again once a pass re-armed it."""
+    assert not store.ttl_due(now=100.0)  # no checks
+    store.register(web(ttl=5.0), now=100.0)
+    store.update_check("service:web-1", CheckStatus.PASSING, now=100.0)
+    assert not store.ttl_due(now=104.0)
+    assert store.ttl_due(now=105.0)
+    assert store.expire_ttl_checks(now=105.0) == ["service:web-1"]
+    assert not store.ttl_due(now=1000.0)
+    store.update_check("service:web-1", CheckStatus.PASSING, now=200.0)
+    assert store.ttl_due(now=205.0)
+
+
+def test_the_ttl_ticker_writes_only_when_a_deadline_passed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ticks without a due check leave the writer lock alone; a due one is expired."""
+    expiries: list[int] = []
+    expired = threading.Event()
+    expire = store.expire_ttl_checks
+
+    def counted() -> list[str]:
+        expiries.append(1)
+        try:
+            return expire()
+        finally:
+            expired.set()
+
+    monkeypatch.setattr(store, "expire_ttl_checks", counted)
+    store.register(web(ttl=30.0))
+    store.update_check("service:web-1", CheckStatus.PASSING)
+
+    async def scenario() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(runtime._ttl_ticker, store, 0.01)
+            await anyio.sleep(0.2)
+            assert expiries == []
+            store.update_check("service:web-1", CheckStatus.PASSING, now=0.0)  # long past
+            assert await anyio.to_thread.run_sync(expired.wait, 5)
+            group.cancel_scope.cancel()
+
+    anyio.run(scenario)
+    assert expiries == [1]
+    assert store.instances()[0].Checks[0].Status == CheckStatus.CRITICAL
 
 
 def test_reregister_keeps_check_status(store: Store) -> None:
