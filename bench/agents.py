@@ -18,6 +18,18 @@ from agent.processes import stop_process
 REPO = Path(__file__).resolve().parents[1]
 
 
+def wait_until_serving(url: str, what: str, timeout: float = 60) -> None:
+    """Until ``GET url/v1/status/leader`` answers 200 (the process is up and listening)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/status/leader", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start")
+
+
 class Agent:
     """One agent process with its own data dir and HTTP port."""
 
@@ -44,14 +56,7 @@ class Agent:
             args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
             env={**os.environ, "PEERING_HEARTBEAT_INTERVAL": str(heartbeat)},
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v1/status/leader", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError(f"agent {name} did not start")
+        wait_until_serving(self.url, f"agent {name}")
 
     def stop(self) -> None:
         stop_process(self.process, 30)

@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -36,11 +35,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
-import httpx
 import latency  # bench/ is on sys.path when a script here runs
 import msgspec
 import uvicorn
-from agents import Agent, establish, export
+from agents import Agent, establish, export, wait_until_serving
 
 from agent import kafka_client, topics
 from agent.devbroker import DevBroker, free_port
@@ -175,14 +173,7 @@ class Skeleton:
         self.process = subprocess.Popen(
             args, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO, env=os.environ
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v1/status/leader", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError(f"skeleton {role} did not start")
+        wait_until_serving(self.url, f"skeleton {role}")
 
     def stop(self) -> None:
         stop_process(self.process, 10)
