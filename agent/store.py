@@ -376,11 +376,11 @@ class Store(PeeringTables):
         by an importer's batch (a swap, a drop); the imported view forgets the peer once the
         transaction is over, committed or not, and the next read loads it again.
 
-        ``after_commit`` runs once the transaction is committed. Both come before the callbacks that
-        wake the exporters and the blocking queries: a query woken by a write in a worker
-        thread runs on the loop while that thread is still here, and it must find the view
-        as the commit left it (else it answers the new index with the old set, and the set
-        changes under an index its watcher has already seen: a lost update).
+        ``after_commit`` runs once the transaction is committed. Both come before the
+        callbacks that wake the exporters and the blocking queries: a query woken by a write
+        in a worker thread runs on the loop while that thread is still here, and it must
+        find the view as the commit left it (else it answers the new index with the old set,
+        and the set changes under an index its watcher has already seen: a lost update).
         """
         if self.readonly:
             raise StoreError("this store was opened read-only")

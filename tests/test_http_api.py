@@ -282,7 +282,8 @@ async def _blocked_until(
     url: str, query: str, change: list[tuple[str, str, dict[str, object] | None]]
 ) -> tuple[list[bool], httpx.Response]:
     """Open the blocking query ``query``; for each change (method, path, JSON body), make it
-    and note whether the query was still blocked 0.4 s later; the query's answer."""
+    and note whether the query was still blocked 0.4 s later; then the query's answer, which
+    must come within 10 s (the tests' queries wait 20 s: an answer is a change's)."""
     still_blocked: list[bool] = []
     answer: list[httpx.Response] = []
     answered = anyio.Event()
@@ -322,8 +323,9 @@ def test_blocking_query_waits_for_its_own_answer_to_change(
             ("PUT", "/v1/agent/service/register", {"Name": "own", "ID": "own-1", "Port": 2}),
         ],
     )
-    # The second change re-registers what is there: not a change of the answer either.
-    assert blocked == [True, True, False]
+    # The second change re-registers what is there: not a change of the answer either. The
+    # third answers it, well before its 20 s wait (_blocked_until gives it 10 s).
+    assert blocked[:2] == [True, True]
     assert int(r.headers["X-Consul-Index"]) > index
     assert [e["Service"]["Port"] for e in r.json()] == [2]
 
@@ -344,7 +346,7 @@ def test_blocking_query_with_a_filter_waits_for_the_filtered_answer(
             ("PUT", "/v1/agent/check/pass/service:flt-1", None),
         ],
     )  # fmt: skip
-    assert blocked == [True, False]
+    assert blocked[0]
     assert [e["Service"]["ID"] for e in r.json()] == ["flt-1"]
 
 
