@@ -40,7 +40,8 @@ from agent.catalog import CatalogError, ExportedServicesEntry
 from agent.config import AgentConfig
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
 from agent.names import InvalidName, validate_peer_name, validate_service_name
-from agent.store import IndexNotifier, LocalInstance, Store, StoreError, write_on_loop
+from agent.notifier import IndexNotifier
+from agent.store import LocalInstance, Store, StoreError, write_on_loop
 
 T = TypeVar("T")
 
@@ -405,7 +406,13 @@ class Api:
         with anyio.move_on_after(wait):
             await self.notifier.wait_beyond(index)
 
-    async def answer_blocking(self, request: Request, read: Callable[[], Any]) -> Response:
+    async def answer_blocking(
+        self,
+        request: Request,
+        read: Callable[[], Any],
+        peer: str | None = None,
+        service: str | None = None,
+    ) -> Response:
         """A read that may be a blocking query, answered when *its* answer changes.
 
         ``read()`` builds the answer (Structs, lists). The catalog index moves on every
@@ -415,14 +422,22 @@ class Api:
         it already has: the query keeps waiting, re-reading after each change, until that
         answer differs or ``?wait`` ends (then it answers the same body, as Consul does). A
         client behind the current index is answered at once, as before.
+
+        ``read`` reads ``service`` (None: every service) of ``peer``'s imported catalog
+        (None: the local one), and only the commits that may change that wake the query
+        (``IndexNotifier.watch``): a change to one service no longer costs a read for every
+        query open on the others.
         """
         wanted = self.blocking_params(request)
+        # Subscribed before the index and the read: a commit after either still wakes it.
+        woken = self.notifier.watch(peer, service) if wanted is not None else None
         index = self.catalog_index()  # before the read: the data is at least as new
         body = _encoder.encode(read())
-        if wanted is not None and index <= wanted[0]:
+        if wanted is not None and woken is not None and index <= wanted[0]:
             with anyio.move_on_after(wanted[1]):
                 while not self.notifier.closed:
-                    await self.notifier.wait_beyond(index)
+                    await woken.wait()
+                    woken = self.notifier.watch(peer, service)
                     index = self.catalog_index()
                     fresh = _encoder.encode(read())
                     if fresh != body:
@@ -507,6 +522,7 @@ class Api:
         return await self.answer_blocking(
             request,
             lambda: catalog.service_tags(r.Instance for r in self._read_instances(peer, None)),
+            peer,
         )
 
     def _service_name(self, request: Request) -> str:
@@ -520,7 +536,9 @@ class Api:
         name = self._service_name(request)
         peer = self.peer_param(request)
         tag = request.query_params.get("tag")
-        return await self.answer_blocking(request, lambda: self._catalog_entries(peer, name, tag))
+        return await self.answer_blocking(
+            request, lambda: self._catalog_entries(peer, name, tag), peer, name
+        )
 
     def _catalog_entries(self, peer: str | None, name: str, tag: str | None) -> list[CatalogEntry]:
         entries = []
@@ -560,7 +578,7 @@ class Api:
         # Consul treats a bare ``?passing`` as true.
         passing = request.query_params.get("passing", "false").lower() not in ("false", "0")
         return await self.answer_blocking(
-            request, lambda: self._health_entries(peer, name, tag, passing)
+            request, lambda: self._health_entries(peer, name, tag, passing), peer, name
         )
 
     def _health_entries(

@@ -32,22 +32,26 @@ class _PeerSet:
         for instance in instances:
             self.put(instance)
 
-    def put(self, instance: ServiceInstance) -> None:
+    def put(self, instance: ServiceInstance) -> tuple[str, ...]:
+        """Upsert ``instance``; the services it changes (its own, and the one it leaves)."""
         key = instance_key(instance)
         old = self.service_of.get(key)
         if old is not None and old != instance.Name:
             self.drop(key)
         self.by_service.setdefault(instance.Name, {})[key] = instance
         self.service_of[key] = instance.Name
+        return (instance.Name,) if old is None or old == instance.Name else (instance.Name, old)
 
-    def drop(self, key: str) -> None:
+    def drop(self, key: str) -> tuple[str, ...]:
+        """Remove the instance under ``key``; the service it leaves (none if unknown)."""
         name = self.service_of.pop(key, None)
         if name is None:
-            return
+            return ()
         service = self.by_service[name]
         del service[key]
         if not service:
             del self.by_service[name]
+        return (name,)
 
 
 class ImportedView:
@@ -93,19 +97,24 @@ class ImportedView:
         items.sort(key=_by_key)
         return [instance for _key, instance in items]
 
-    def apply(self, peer: str, upserts: Iterable[ServiceInstance], removed: Iterable[str]) -> int:
-        """One batch of an importer: upsert instances by key, remove keys; the peer's new
-        version. A peer not loaded yet stays so (its first read loads the table, which has
-        the batch by then)."""
+    def apply(
+        self, peer: str, upserts: Iterable[ServiceInstance], removed: Iterable[str]
+    ) -> tuple[int, frozenset[str] | None]:
+        """One batch of an importer: upsert instances by key, remove keys. The peer's new
+        version, and the services whose instances changed (what a removed or renamed
+        instance belonged to included); None for those when the peer is not loaded: it
+        stays so (its first read loads the table, which has the batch by then)."""
         with self._lock:
             version = self._versions[peer] = self._versions.get(peer, 0) + 1
             peer_set = self._peers.get(peer)
-            if peer_set is not None:
-                for instance in upserts:
-                    peer_set.put(instance)
-                for key in removed:
-                    peer_set.drop(key)
-            return version
+            if peer_set is None:
+                return version, None
+            services: set[str] = set()
+            for instance in upserts:
+                services.update(peer_set.put(instance))
+            for key in removed:
+                services.update(peer_set.drop(key))
+            return version, frozenset(services)
 
     def prime(self, peer: str, instances: Iterable[ServiceInstance]) -> None:
         """Install ``peer``'s whole set as its importer holds it (the same objects, so the

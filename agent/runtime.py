@@ -32,7 +32,8 @@ from agent.catalog import CatalogError, decode_services_file
 from agent.config import AgentConfig, LogFormat
 from agent.httpapi import create_app
 from agent.model import ServiceInstance
-from agent.store import IndexNotifier, Store, StoreError
+from agent.notifier import IndexNotifier
+from agent.store import Store, StoreError
 
 log = logging.getLogger("agent")
 

@@ -20,7 +20,6 @@ the feed can never disagree with the catalog, even across a crash.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import threading
@@ -39,6 +38,7 @@ from agent import catalog
 from agent.catalog import ExportedServicesEntry
 from agent.imported_view import ImportedView
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
+from agent.notifier import LOCAL, Change, Wake, imported
 from agent.store_peering import (
     PEERING_SCHEMA,
     UPSERT_IMPORTED,
@@ -88,7 +88,6 @@ CREATE TABLE IF NOT EXISTS imported_peers (peer TEXT PRIMARY KEY, stale INTEGER 
 """
 
 T = TypeVar("T")
-A = TypeVar("A")
 
 _encoder = msgspec.json.Encoder()
 _instance_decoder = msgspec.json.Decoder(ServiceInstance)
@@ -119,74 +118,6 @@ class FeedRow(msgspec.Struct, frozen=True):
     ChangedAt: float
 
 
-def on_loop(callback: Callable[[A], None]) -> Callable[[A], None]:
-    """``callback`` made callable from any thread: it always runs on the current event loop
-    (bulk writes commit in worker threads; anyio events are not thread-safe)."""
-    token = anyio.lowlevel.current_token()
-    loop_thread = threading.get_ident()
-
-    def call(argument: A) -> None:
-        if threading.get_ident() == loop_thread:
-            callback(argument)
-            return
-        # RuntimeError: the loop has stopped, so nobody can be waiting any more.
-        with contextlib.suppress(RuntimeError):
-            anyio.from_thread.run_sync(callback, argument, token=token)
-
-    return call
-
-
-class IndexNotifier:
-    """Wakes blocking queries when the catalog index moves.
-
-    ``bind`` runs inside the event loop; ``notify`` may then be called from any thread (bulk
-    writes commit in worker threads) and hops onto the loop (``on_loop``).
-    """
-
-    def __init__(self, index: int = 0) -> None:
-        self._index = index
-        self._event: anyio.Event | None = None
-        self._wake_on_loop: Callable[[int], None] = self._wake  # until bound to a loop
-        self._closed = False
-
-    @property
-    def index(self) -> int:
-        return self._index
-
-    @property
-    def closed(self) -> bool:
-        """The agent is stopping: waiters are released and nothing will wake them again."""
-        return self._closed
-
-    def bind(self, index: int) -> None:
-        """Attach to the running event loop, starting from the store's current index."""
-        self._wake_on_loop = on_loop(self._wake)
-        self._index = max(self._index, index)
-
-    def notify(self, index: int) -> None:
-        """Record that the index reached ``index`` and wake every waiter."""
-        self._wake_on_loop(index)
-
-    def _wake(self, index: int) -> None:
-        self._index = max(self._index, index)
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    def close(self) -> None:
-        """Release every waiter now and from now on (the agent is stopping: answer, don't hang)."""
-        self._closed = True
-        self._wake(self._index)
-
-    async def wait_beyond(self, index: int) -> int:
-        """Return once the index is greater than ``index`` (callers bound it with a timeout)."""
-        while self._index <= index and not self._closed:
-            if self._event is None:
-                self._event = anyio.Event()
-            await self._event.wait()
-        return self._index
-
-
 async def write_on_loop(store: Store, fn: Callable[..., T], *args: Any) -> T:
     """Run a small write (``fn`` of ``store``) right here on the event loop, or in a worker
     thread while another thread holds the store.
@@ -208,7 +139,7 @@ class Store(PeeringTables):
     def __init__(
         self,
         path: Path,
-        on_change: Callable[[int], None] | None = None,
+        on_change: Callable[[Change], None] | None = None,
         *,
         readonly: bool = False,
     ) -> None:
@@ -233,7 +164,8 @@ class Store(PeeringTables):
         self._entry_cache: tuple[ExportedServicesEntry | None] | None = None
         # Per peer, the view's version right after ``stage_import`` applied a batch: its
         # commit need not apply the batch again unless the view moved since.
-        self._staged_versions: dict[str, int] = {}
+        # With the services the batch touched: the commit wakes their watchers again.
+        self._staged_versions: dict[str, tuple[int, frozenset[str] | None]] = {}
         # ``?peer=`` reads answer from memory; not in a read-only store, whose database
         # another process writes.
         self._imported_view: ImportedView | None = None
@@ -246,7 +178,7 @@ class Store(PeeringTables):
             self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('index', 1)")
 
     @classmethod
-    def open(cls, data_dir: Path, on_change: Callable[[int], None] | None = None) -> Store:
+    def open(cls, data_dir: Path, on_change: Callable[[Change], None] | None = None) -> Store:
         """Open (creating if needed) the database in ``data_dir``."""
         data_dir.mkdir(parents=True, exist_ok=True)
         return cls(data_dir / DB_FILE, on_change)
@@ -260,7 +192,7 @@ class Store(PeeringTables):
             raise StoreError(f"no agent state in {data_dir} ({DB_FILE} not found)")
         return cls(path, readonly=True)
 
-    def set_on_change(self, on_change: Callable[[int], None] | None) -> None:
+    def set_on_change(self, on_change: Callable[[Change], None] | None) -> None:
         """Install the callback run after each commit that moved the index."""
         self._on_change = on_change
 
@@ -350,6 +282,7 @@ class Store(PeeringTables):
         staged_index: int | None = None,
         rewrites_imported_of: str | None = None,
         after_commit: Callable[[], None] | None = None,
+        wakes: Callable[[], Wake | None] | None = None,
     ) -> int:
         """Run ``apply(conn, next_index, touched)`` in one transaction; bump the index if it
         changed.
@@ -381,6 +314,10 @@ class Store(PeeringTables):
         in a worker thread runs on the loop while that thread is still here, and it must
         find the view as the commit left it (else it answers the new index with the old set,
         and the set changes under an index its watcher has already seen: a lost update).
+
+        ``wakes`` says, once the transaction is over, which blocking queries the change may
+        concern (``notifier.Wake``; None from it: all of them). Without it, a write of the
+        local catalog (``exported`` other than "none") wakes the local ones, any other all.
         """
         if self.readonly:
             raise StoreError("this store was opened read-only")
@@ -399,7 +336,8 @@ class Store(PeeringTables):
         if fed and self._on_feed is not None:
             self._on_feed(fed)
         if changed and self._on_change is not None:
-            self._on_change(index)
+            wake = wakes() if wakes is not None else LOCAL if exported != "none" else None
+            self._on_change(Change(index, wake))
         return index
 
     def _transaction(
@@ -750,7 +688,9 @@ class Store(PeeringTables):
             )
             return True
 
-        return self._write(apply, exported="none", rewrites_imported_of=peer)
+        return self._write(
+            apply, exported="none", rewrites_imported_of=peer, wakes=lambda: imported(peer)
+        )
 
     def apply_imported(
         self, peer: str, upserts: Iterable[ServiceInstance], removals: Iterable[str]
@@ -776,7 +716,9 @@ class Store(PeeringTables):
                 changed |= cur.rowcount > 0
             return changed
 
-        return self._write(apply, exported="none", rewrites_imported_of=peer)
+        return self._write(
+            apply, exported="none", rewrites_imported_of=peer, wakes=lambda: imported(peer)
+        )
 
     def set_imported_stale(self, peer: str, stale: bool) -> int:
         """Flag ``peer``'s imported services as stale (peering FAILING) or fresh again."""
@@ -799,7 +741,9 @@ class Store(PeeringTables):
             dropped = conn.execute("DELETE FROM imported_peers WHERE peer = ?", (peer,)).rowcount
             return removed + dropped > 0
 
-        return self._write(apply, exported="none", rewrites_imported_of=peer)
+        return self._write(
+            apply, exported="none", rewrites_imported_of=peer, wakes=lambda: imported(peer)
+        )
 
     def imported_instances(self, peer: str, name: str | None = None) -> list[ServiceInstance]:
         """Instances imported from ``peer`` (all, or of one service), ordered by key."""
@@ -844,11 +788,12 @@ class Store(PeeringTables):
                 return None
             index = (self._index_seen or _get_index(self._conn)) + 1
             self._index_seen = index
-            self._staged_versions[peer] = view.apply(
+            version, services = view.apply(
                 peer, upserts, [_wire_to_local(key) for key in removed_keys]
             )
+            self._staged_versions[peer] = (version, services)
         if self._on_change is not None:
-            self._on_change(index)
+            self._on_change(Change(index, imported(peer, services)))
         return index
 
     def prime_imported(self, peer: str, instances: Iterable[ServiceInstance]) -> None:
@@ -862,16 +807,18 @@ class Store(PeeringTables):
 
     def _imported_applied(
         self, peer: str, upserts: list[ServiceInstance], removed_keys: list[str], staged: bool
-    ) -> None:
+    ) -> frozenset[str] | None:
         """After an importer's commit: the same change in the view, unless its stage put it
-        there and nothing touched the view since (a bulk load applies 2,000 per batch)."""
+        there and nothing touched the view since (a bulk load applies 2,000 per batch). The
+        services it touched, for the wake-ups (None: unknown, the view does not hold the
+        peer)."""
         view = self._imported_view
         if view is None:
-            return
-        staged_version = self._staged_versions.pop(peer, None)
-        if staged and staged_version == view.version(peer):
-            return
-        view.apply(peer, upserts, removed_keys)
+            return None
+        version, services = self._staged_versions.pop(peer, (None, None))
+        if staged and version == view.version(peer):
+            return services
+        return view.apply(peer, upserts, removed_keys)[1]
 
     def _forget_imported(self, peer: str) -> None:
         """After a write of ``peer``'s imported set other than an importer's batch."""

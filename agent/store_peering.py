@@ -21,6 +21,7 @@ import msgspec
 
 from agent import catalog
 from agent.model import ServiceInstance
+from agent.notifier import imported
 from agent.peering.records import PeeringRecord
 from agent.reducer import ImportState, PublisherState
 from agent.wire.events import INSTANCE_KEY_PREFIX, instance_key
@@ -94,7 +95,9 @@ class PeeringTables:
     _write: Callable[..., int]  # Store._write(apply(conn, index, touched), exported=...)
     _read: Callable[[], AbstractContextManager[sqlite3.Connection]]
     # Store's: keep its in-memory imported view in step with an importer's batch.
-    _imported_applied: Callable[[str, list[ServiceInstance], list[str], bool], None]
+    _imported_applied: Callable[
+        [str, list[ServiceInstance], list[str], bool], frozenset[str] | None
+    ]
 
     # --- peerings --------------------------------------------------------------------------
 
@@ -312,13 +315,23 @@ class PeeringTables:
             return changed
 
         if replace_all:
-            return self._write(apply, exported="none", durable=False, rewrites_imported_of=peer)
+            return self._write(
+                apply,
+                exported="none",
+                durable=False,
+                rewrites_imported_of=peer,
+                wakes=lambda: imported(peer),
+            )
+        touched: list[frozenset[str] | None] = [None]
+
+        def applied() -> None:
+            touched[0] = self._imported_applied(peer, ups, removed, staged_index is not None)
+
         return self._write(
             apply,
             exported="none",
             durable=False,
             staged_index=staged_index,
-            after_commit=lambda: self._imported_applied(
-                peer, ups, removed, staged_index is not None
-            ),
+            after_commit=applied,
+            wakes=lambda: imported(peer, touched[0]),
         )

@@ -32,7 +32,8 @@ import starlette.routing
 import agent.httpapi as httpapi
 from agent.catalog import ExportedService, ExportedServicesEntry, ServiceConsumer
 from agent.config import AgentConfig
-from agent.store import IndexNotifier, Store
+from agent.notifier import IndexNotifier
+from agent.store import Store
 
 stamps: list[tuple[str, int]] = []
 

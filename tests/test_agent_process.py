@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from agent.config import AgentConfig
+from agent.notifier import IndexNotifier
 from agent.runtime import Extension, reload_due, run_agent
-from agent.store import IndexNotifier, Store
+from agent.store import Store
 from tests.agent_fixtures import AgentProcess, cli_env, free_port, peering_command
 
 # Fixtures bound here until tests/conftest.py registers tests.agent_fixtures as a plugin.

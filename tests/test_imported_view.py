@@ -14,8 +14,9 @@ import anyio.lowlevel
 
 from agent.imported_view import ImportedView
 from agent.model import ServiceInstance
+from agent.notifier import Change, IndexNotifier, Wake
 from agent.reducer import ImportState
-from agent.store import IndexNotifier, Store
+from agent.store import Store
 from agent.store_peering import ImportCursor
 from agent.wire.events import instance_key as wire_key
 from agent.wire.keys import Direction, new_keyring
@@ -92,14 +93,14 @@ def test_a_staged_batch_is_read_and_woken_before_its_commit_which_takes_its_inde
 ) -> None:
     commit(store, "east", [inst("web-1")], [])
     assert store.imported_instances("east", "web") == [inst("web-1")]  # loaded
-    notified: list[int] = []
+    notified: list[Change] = []
     store.set_on_change(notified.append)
     before = store.index
 
     staged = store.stage_import("east", [inst("web-2")], [wire_key("web-1")])
 
     assert staged == before + 1
-    assert notified == [staged]
+    assert notified == [Change(staged, Wake("east", frozenset({"web"})))]
     assert store.imported_instances("east", "web") == [inst("web-2")]
     assert table(store, "east") == [inst("web-1")]  # not committed yet
     assert store.index == before  # the table's index moves with the commit
@@ -306,3 +307,35 @@ def test_an_importer_cancelled_between_stage_and_commit_leaves_the_table_view(
 
     anyio.run(scenario)
     assert store.imported_instances("east") == table(store, "east") == [inst("web-1")]
+
+
+def test_an_import_wakes_the_watchers_of_the_services_it_touched(store: Store) -> None:
+    """A batch names the services whose answers it may change, those its removed or renamed
+    instances leave included: the stage and the commit after it, or a commit alone."""
+    commit(store, "east", [inst("web-1"), inst("db-1", name="db")], [])
+    store.imported_instances("east")  # loaded: the view knows which service a key was in
+    notified: list[Change] = []
+    store.set_on_change(notified.append)
+
+    moved = inst("web-1", name="api")  # the same instance, now in another service
+    staged = store.stage_import("east", [moved], [wire_key("db-1")])
+    assert staged is not None
+    store.commit_import(
+        "east", "peering-1", CURSOR, [moved], [wire_key("db-1")], staged_index=staged
+    )
+    everything = Wake("east", frozenset({"web", "api", "db"}))
+    assert notified == [Change(staged, everything), Change(staged, everything)]
+
+    notified.clear()
+    index = store.commit_import("east", "peering-1", CURSOR, [inst("web-2")], [])
+    assert notified == [Change(index, Wake("east", frozenset({"web"})))]
+
+
+def test_an_import_into_a_peer_not_loaded_wakes_all_of_that_peers_watchers(store: Store) -> None:
+    notified: list[Change] = []
+    store.set_on_change(notified.append)
+    index = commit(store, "west", [inst("web-1")], [])
+    assert notified == [Change(index, Wake("west", None))]
+    notified.clear()
+    index = store.drop_imported("west")
+    assert notified == [Change(index, Wake("west", None))]

@@ -15,7 +15,8 @@ import pytest
 from agent import runtime
 from agent.catalog import ExportedService, ExportedServicesEntry, ServiceConsumer
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
-from agent.store import IndexNotifier, Store, StoreError
+from agent.notifier import LOCAL, Change, IndexNotifier
+from agent.store import Store, StoreError
 
 
 def web(
@@ -324,14 +325,15 @@ def test_one_imported_service_is_read_without_scanning_the_peer(store: Store) ->
 
 
 def test_on_change_called_after_commit(tmp_path: Path) -> None:
-    """The change callback sees the new index, and only for real changes."""
-    seen: list[int] = []
+    """The change callback sees the new index, and only for real changes; a local write
+    wakes the queries on the local catalog."""
+    seen: list[Change] = []
     s = Store.open(tmp_path, on_change=seen.append)
     try:
         s.register(web())
         s.register(web())
         s.deregister("missing")
-        assert seen == [s.index]
+        assert seen == [Change(s.index, LOCAL)]
     finally:
         s.close()
 

@@ -22,13 +22,14 @@ from agent.config import AgentConfig
 from agent.httpapi import create_app
 from agent.kafka_client import KafkaSettings, Record
 from agent.model import ServiceInstance
+from agent.notifier import Change, IndexNotifier
 from agent.peering.context import PeeringContext
 from agent.peering.importer import Importer
 from agent.peering.records import PeeringRecord
 from agent.peering.tracker import PeeringTracker
 from agent.peering_state import PeeringState, PeeringStatus, Role
 from agent.reducer import PublisherState, publish_changes
-from agent.store import IndexNotifier, Store
+from agent.store import Store
 from agent.wire.envelope import encode_event
 from tests.wire_helpers import NOW, PEERING_ID, Established
 
@@ -109,9 +110,9 @@ def test_an_api_write_is_seen_by_waiting_tasks_before_its_fsync_and_answered_aft
         notifier.bind(store.index)
         committed = anyio.Event()
 
-        def on_change(index: int) -> None:
+        def on_change(change: Change) -> None:
             order.append("commit")
-            notifier.notify(index)
+            notifier.notify(change)
             committed.set()
 
         store.set_on_change(on_change)

@@ -10,8 +10,9 @@ import anyio
 
 from agent import kafka_client, metrics
 from agent.kafka_client import KafkaSettings
+from agent.notifier import IndexNotifier
 from agent.peering.tracker import PeeringTracker
-from agent.store import IndexNotifier, Store
+from agent.store import Store
 
 log = logging.getLogger("agent.peering")
 

@@ -6,13 +6,14 @@ import time
 
 from agent.config import AgentConfig
 from agent.kafka_client import KafkaSettings
+from agent.notifier import IndexNotifier
 from agent.peering.api import PeeringApi
 from agent.peering.context import PeeringContext
 from agent.peering.service import PeeringService
 from agent.peering.supervisor import supervise
 from agent.peering.tracker import PeeringTracker
 from agent.runtime import Extension
-from agent.store import IndexNotifier, Store
+from agent.store import Store
 
 
 def peering_extension(store: Store, notifier: IndexNotifier, config: AgentConfig) -> Extension:

@@ -19,13 +19,13 @@ import anyio.abc
 
 from agent import kafka_client, metrics, topics
 from agent.kafka_client import KafkaSettings
+from agent.notifier import on_loop
 from agent.peering.context import PeeringContext, kafka_label, retry_forever
 from agent.peering.exporter import Exporter, run_exporter
 from agent.peering.handshake_io import serve_bootstrap
 from agent.peering.importer import run_importer
 from agent.peering.records import STREAMING, PeeringRecord
 from agent.peering_state import Action, PeeringState, Tick, TopicsRemoved
-from agent.store import on_loop
 from agent.wire.keys import Direction
 
 log = logging.getLogger("agent.peering")

@@ -1,0 +1,116 @@
+"""Propagation with many blocking queries open on other services of the same peer.
+
+    .venv/bin/python bench/watchers.py [--watchers 200] [--changes 200]
+
+Prometheus' Consul service discovery holds one blocking query per service it discovers. This
+starts a broker and two agents (east exports ``bench`` and ``--watchers`` other services to
+west, one instance each), then measures the propagation figure of bench/propagation.py
+(register on east until west's blocking query on ``bench?peer=east`` answers, interleaved with
+the floor) three times: with no other query open, with ``--watchers`` idle blocking queries on
+the other services held by a separate process, and with none again. Before per-service
+wake-ups (docs/performance.md, item 36) every change woke every open query for a read of its
+own. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import latency  # bench/ is on sys.path when a script here runs
+from agents import Agent, establish
+
+from agent.devbroker import DevBroker
+from agent.processes import stop_process
+
+
+async def hold(url: str, count: int) -> None:
+    """Keep ``count`` blocking queries open on west (the ``--hold`` process)."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+
+        async def watch(k: int) -> None:
+            base = f"{url}/v1/health/service/svc-{k}?peer=east"
+            index = (await client.get(base)).headers["X-Consul-Index"]
+            while True:
+                answer = await client.get(f"{base}&index={index}&wait=60s")
+                index = answer.headers["X-Consul-Index"]
+
+        await asyncio.gather(*(watch(k) for k in range(count)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--watchers", type=int, default=200, help="idle queries on west")
+    parser.add_argument("--changes", type=int, default=200, help="measured changes a round")
+    parser.add_argument("--hold", nargs=2, metavar=("URL", "COUNT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hold:
+        asyncio.run(hold(args.hold[0], int(args.hold[1])))
+        return
+    count = args.watchers
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = DevBroker(work / "broker")
+        broker.start()
+        broker.wait_ready()
+        agents: list[Agent] = []
+        try:
+            east = Agent("east", broker.bootstrap, work)
+            agents.append(east)
+            west = Agent("west", broker.bootstrap, work)
+            agents.append(west)
+            establish(east, west)
+            names = [latency.SERVICE] + [f"svc-{k}" for k in range(count)]
+            config = {
+                "Kind": "exported-services",
+                "Name": "default",
+                "Services": [{"Name": n, "Consumers": [{"Peer": "west"}]} for n in names],
+            }
+            httpx.put(f"{east.url}/v1/config", json=config, timeout=30).raise_for_status()
+            for k in range(count):
+                body = {"ID": f"svc-{k}-1", "Name": f"svc-{k}", "Port": 1000 + k}
+                url = f"{east.url}/v1/agent/service/register"
+                httpx.put(url, json=body, timeout=10).raise_for_status()
+            while len(httpx.get(f"{west.url}/v1/catalog/services?peer=east").json()) < count:
+                time.sleep(0.1)
+
+            def round_(label: str) -> None:
+                samples = anyio.run(
+                    lambda: latency.measure(
+                        broker.bootstrap, east.url, [(west.url, "east")], args.changes,
+                        warm_floor=3000, warm_changes=200,
+                    )
+                )  # fmt: skip
+                report = samples.report()
+                floor, prop = report["floor"], report["propagation"]
+                print(
+                    f"{label}: floor p50 {floor['p50_ms']} ms; propagation p50 {prop['p50_ms']}"
+                    f" ms p99 {prop['p99_ms']} ms; {report['ratio_p50_to_floor']}x floor",
+                    flush=True,
+                )
+
+            round_("no other query open")
+            holder = subprocess.Popen([sys.executable, __file__, "--hold", west.url, str(count)])
+            try:
+                time.sleep(3)
+                round_(f"{count} idle queries on other services")
+            finally:
+                stop_process(holder, 10)
+            time.sleep(1)
+            round_("none again")
+        finally:
+            for agent in agents:
+                agent.stop()
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()
