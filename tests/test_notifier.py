@@ -48,7 +48,8 @@ def test_a_woken_subscription_is_spent_and_the_next_one_waits_for_the_next_chang
     first = notifier.watch("east", "web")
     notifier.notify(Change(2, Wake("east", frozenset({"web"}))))
     second = notifier.watch("east", "web")
-    assert first.is_set() and not second.is_set()
+    assert first.is_set()
+    assert not second.is_set()
     notifier.notify(Change(3, Wake("east", frozenset({"db"}))))
     assert not second.is_set()
     assert notifier.index == 3  # the index moves with every change
@@ -70,7 +71,8 @@ def test_close_releases_every_watcher_and_old_style_waiters() -> None:
                 await anyio.sleep(0.01)
                 notifier.close()
         assert all(event.is_set() for event in events)
-        assert got == [7] and notifier.closed
+        assert got == [7]
+        assert notifier.closed
 
     anyio.run(main)
 
