@@ -50,7 +50,7 @@ class Wake(NamedTuple):
 
 
 LOCAL = Wake(None)
-"""Anything of the local catalog or its config (its writes do not say which services yet)."""
+"""Anything of the local catalog: a config change, or a write that could not name its services."""
 
 
 def imported(peer: str, services: Iterable[str] | None = None) -> Wake:

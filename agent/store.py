@@ -317,13 +317,16 @@ class Store(PeeringTables):
 
         ``wakes`` says, once the transaction is over, which blocking queries the change may
         concern (``notifier.Wake``; None from it: all of them). Without it, a write of the
-        local catalog (``exported`` other than "none") wakes the local ones, any other all.
+        local catalog (``exported`` other than "none") wakes the local ones about the
+        services it touched (all local ones for a config change), any other write all.
         """
         if self.readonly:
             raise StoreError("this store was opened read-only")
         try:
             with self._lock:
-                index, changed, fed = self._transaction(apply, exported, now, durable, staged_index)
+                index, changed, fed, local = self._transaction(
+                    apply, exported, now, durable, staged_index
+                )
         finally:
             if rewrites_imported_of is not None:
                 self._forget_imported(rewrites_imported_of)
@@ -336,8 +339,7 @@ class Store(PeeringTables):
         if fed and self._on_feed is not None:
             self._on_feed(fed)
         if changed and self._on_change is not None:
-            wake = wakes() if wakes is not None else LOCAL if exported != "none" else None
-            self._on_change(Change(index, wake))
+            self._on_change(Change(index, wakes() if wakes is not None else local))
         return index
 
     def _transaction(
@@ -347,18 +349,23 @@ class Store(PeeringTables):
         now: float | None,
         durable: bool,
         staged_index: int | None,
-    ) -> tuple[int, bool, frozenset[str]]:
-        """``_write``'s transaction, under the writer lock: (index, changed, peers fed)."""
+    ) -> tuple[int, bool, frozenset[str], Wake | None]:
+        """``_write``'s transaction, under the writer lock: (index, changed, peers fed, the
+        local queries a catalog write may have changed the answer of; None for others)."""
         conn = self._conn
         if durable:
             conn.execute("PRAGMA synchronous=FULL")
         conn.execute("BEGIN IMMEDIATE")
         fed: frozenset[str] = frozenset()
+        local: Wake | None = None
         try:
             stored = _get_index(conn)
             index = max(stored, self._index_seen)
-            touched: Touched = {}
+            touched = Touched()
             changed = apply(conn, index + 1, touched)
+            if exported != "none":
+                # A config change may change any answer about the local catalog.
+                local = LOCAL if exported == "all" else touched.wake()
             if changed and exported != "none":
                 if exported == "all" or self._entry_cache is None:
                     self._entry_cache = (_load_entry(conn),)
@@ -382,7 +389,7 @@ class Store(PeeringTables):
         finally:
             if durable:
                 conn.execute("PRAGMA synchronous=NORMAL")
-        return index, changed, fed
+        return index, changed, fed, local
 
     # --- catalog index ---------------------------------------------------------------------
 
@@ -916,8 +923,10 @@ def _load_instance(conn: sqlite3.Connection, service_id: str) -> ServiceInstance
 
 def _touch(conn: sqlite3.Connection, index: int, service_id: str, touched: Touched) -> None:
     """Mark an instance modified at ``index`` and as needing an export refresh."""
-    conn.execute("UPDATE instances SET modify_index = ? WHERE id = ?", (index, service_id))
-    touched[service_id] = None
+    row = conn.execute(
+        "UPDATE instances SET modify_index = ? WHERE id = ? RETURNING name", (index, service_id)
+    ).fetchone()
+    touched.mark(service_id, None, *(() if row is None else (row[0],)))
 
 
 class _Stored(NamedTuple):
@@ -1009,7 +1018,7 @@ def _put_instances(
         new = catalog.carry_check_state(old.instance if old else None, instance)
         if old is not None and old.instance == new and old.source == source:
             continue
-        touched[new.ID] = new
+        touched.mark(new.ID, new, new.Name, *(() if old is None else (old.name,)))
         body = _encoder.encode(msgspec.structs.replace(new, Checks=()))
         rows.append((new.ID, new.Name, source, body, old.create_index if old else index, index))
         check_rows += [
@@ -1043,10 +1052,10 @@ def _put_instances(
 
 
 def _delete_instance(conn: sqlite3.Connection, service_id: str, touched: Touched) -> bool:
-    row = conn.execute("SELECT 1 FROM instances WHERE id = ?", (service_id,)).fetchone()
+    row = conn.execute("SELECT name FROM instances WHERE id = ?", (service_id,)).fetchone()
     if row is None:
         return False
-    touched[service_id] = None
+    touched.mark(service_id, None, row[0])
     conn.execute("DELETE FROM checks WHERE service_id = ?", (service_id,))
     conn.execute("DELETE FROM instances WHERE id = ?", (service_id,))
     return True

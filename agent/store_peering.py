@@ -21,7 +21,7 @@ import msgspec
 
 from agent import catalog
 from agent.model import ServiceInstance
-from agent.notifier import imported
+from agent.notifier import LOCAL, Wake, imported
 from agent.peering.records import PeeringRecord
 from agent.reducer import ImportState, PublisherState
 from agent.wire.events import INSTANCE_KEY_PREFIX, instance_key
@@ -79,10 +79,31 @@ class ImportCursor(msgspec.Struct, frozen=True, kw_only=True):
     keyring: StreamKeyring
 
 
-# The instances a catalog write changed, by ID, for the refresh of the exported view: each
-# with the instance as now stored where the write has it at hand, None where the refresh must
-# read it back (or finds it gone).
-Touched = dict[str, ServiceInstance | None]
+class Touched(dict[str, ServiceInstance | None]):
+    """The instances a catalog write changed, by ID, for the refresh of the exported view:
+    each with the instance as now stored where the write has it at hand, None where the
+    refresh must read it back (or finds it gone).
+
+    With the services they were in before the write or are in after it, for the blocking
+    queries to wake by: ``mark`` records both at once, so an instance is never touched
+    without its services (``wake`` falls back to every local query should one be).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.services: set[str] = set()
+        self._unnamed = False
+
+    def mark(self, service_id: str, instance: ServiceInstance | None, *services: str) -> None:
+        self[service_id] = instance
+        self.services.update(services)
+        self._unnamed |= not services
+
+    def wake(self) -> Wake:
+        """The local queries this write may have changed the answer of."""
+        if self._unnamed or not self:
+            return LOCAL
+        return Wake(None, frozenset(self.services))
 
 
 def _wire_to_local(key: str) -> str:

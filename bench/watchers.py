@@ -1,15 +1,16 @@
 """Propagation with many blocking queries open on other services of the same peer.
 
-    .venv/bin/python bench/watchers.py [--watchers 200] [--changes 200]
+    .venv/bin/python bench/watchers.py [--watchers 200] [--changes 200] [--on west|east]
 
 Prometheus' Consul service discovery holds one blocking query per service it discovers. This
 starts a broker and two agents (east exports ``bench`` and ``--watchers`` other services to
 west, one instance each), then measures the propagation figure of bench/propagation.py
 (register on east until west's blocking query on ``bench?peer=east`` answers, interleaved with
 the floor) three times: with no other query open, with ``--watchers`` idle blocking queries on
-the other services held by a separate process, and with none again. Before per-service
-wake-ups (docs/performance.md, item 36) every change woke every open query for a read of its
-own. Nothing is asserted.
+the other services held by a separate process, and with none again. The idle queries are on
+west's imported catalog (``?peer=east``, by default) or on east's local one (``--on east``,
+where each change is a local write). Before per-service wake-ups (docs/performance.md, item
+36) every change woke every open query for a read of its own. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ from agent.devbroker import DevBroker
 from agent.processes import stop_process
 
 
-async def hold(url: str, count: int) -> None:
-    """Keep ``count`` blocking queries open on west (the ``--hold`` process)."""
+async def hold(url: str, count: int, query: str) -> None:
+    """Keep ``count`` blocking queries open (the ``--hold`` process)."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
 
         async def watch(k: int) -> None:
-            base = f"{url}/v1/health/service/svc-{k}?peer=east"
+            base = f"{url}/v1/health/service/svc-{k}?{query}"
             index = (await client.get(base)).headers["X-Consul-Index"]
             while True:
                 answer = await client.get(f"{base}&index={index}&wait=60s")
@@ -50,10 +51,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--watchers", type=int, default=200, help="idle queries on west")
     parser.add_argument("--changes", type=int, default=200, help="measured changes a round")
-    parser.add_argument("--hold", nargs=2, metavar=("URL", "COUNT"), help=argparse.SUPPRESS)
+    parser.add_argument("--on", choices=["west", "east"], default="west",
+                        help="the agent the idle queries wait on")  # fmt: skip
+    parser.add_argument("--hold", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hold:
-        asyncio.run(hold(args.hold[0], int(args.hold[1])))
+        asyncio.run(hold(args.hold[0], int(args.hold[1]), args.hold[2]))
         return
     count = args.watchers
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,10 +101,11 @@ def main() -> None:
                 )
 
             round_("no other query open")
-            holder = subprocess.Popen([sys.executable, __file__, "--hold", west.url, str(count)])
+            url, query = (west.url, "peer=east") if args.on == "west" else (east.url, "dc=east")
+            holder = subprocess.Popen([sys.executable, __file__, "--hold", url, str(count), query])
             try:
                 time.sleep(3)
-                round_(f"{count} idle queries on other services")
+                round_(f"{count} idle queries on other services, on {args.on}")
             finally:
                 stop_process(holder, 10)
             time.sleep(1)

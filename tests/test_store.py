@@ -15,7 +15,7 @@ import pytest
 from agent import runtime
 from agent.catalog import ExportedService, ExportedServicesEntry, ServiceConsumer
 from agent.model import CheckStatus, HealthCheck, ServiceInstance
-from agent.notifier import LOCAL, Change, IndexNotifier
+from agent.notifier import LOCAL, Change, IndexNotifier, Wake
 from agent.store import Store, StoreError
 
 
@@ -325,15 +325,47 @@ def test_one_imported_service_is_read_without_scanning_the_peer(store: Store) ->
 
 
 def test_on_change_called_after_commit(tmp_path: Path) -> None:
-    """The change callback sees the new index, and only for real changes; a local write
-    wakes the queries on the local catalog."""
+    """The change callback sees the new index, and only for real changes."""
     seen: list[Change] = []
     s = Store.open(tmp_path, on_change=seen.append)
     try:
         s.register(web())
         s.register(web())
         s.deregister("missing")
-        assert seen == [Change(s.index, LOCAL)]
+        assert [change.catalog_index for change in seen] == [s.index]
+    finally:
+        s.close()
+
+
+def test_each_local_write_names_the_services_whose_answers_it_may_change(
+    tmp_path: Path,
+) -> None:
+    """Blocking queries on the local catalog wake by service: a write names the services its
+    instances were in and are in now; a config change, which may change any, wakes all."""
+    seen: list[Change] = []
+    s = Store.open(tmp_path, on_change=seen.append)
+
+    def wakes(write: Callable[[], object]) -> Wake | None:
+        seen.clear()
+        write()
+        assert len(seen) == 1
+        assert seen[0].catalog_index == s.index
+        return seen[0].wake
+
+    try:
+        assert wakes(lambda: s.register(web(ttl=5.0), now=100.0)) == Wake(None, frozenset({"web"}))
+        both = frozenset({"web", "api"})
+        assert wakes(lambda: s.register(web(name="api"), now=100.0)) == Wake(None, both)
+        check = "service:web-1"
+        one = Wake(None, frozenset({"api"}))
+        assert wakes(lambda: s.update_check(check, CheckStatus.WARNING, now=100.0)) == one
+        assert wakes(lambda: s.expire_ttl_checks(now=200.0)) == one
+        assert wakes(lambda: s.sync_file_services([web("db-1", name="db")], now=100.0)) == Wake(
+            None, frozenset({"db"})
+        )
+        assert wakes(lambda: s.sync_file_services([], now=100.0)) == Wake(None, frozenset({"db"}))
+        assert wakes(lambda: s.deregister("web-1")) == one
+        assert wakes(lambda: s.set_exported_services(export(("web", ["west"])))) == LOCAL
     finally:
         s.close()
 
