@@ -434,7 +434,7 @@ class Api:
         index = self.catalog_index()  # before the read: the data is at least as new
         body = _encoder.encode(read())
         if wanted is not None and woken is not None and index <= wanted[0]:
-            with anyio.move_on_after(wanted[1]):
+            with anyio.move_on_after(wanted[1]) as waited:
                 while not self.notifier.closed:
                     await woken.wait()
                     woken = self.notifier.watch(peer, service)
@@ -443,6 +443,13 @@ class Api:
                     if fresh != body:
                         body = fresh
                         break
+            if waited.cancelled_caught:
+                # The wait ran out: the answer at the index reached meanwhile (commits on
+                # other services moved it without waking this query), read again only if a
+                # commit of its own came with the timeout.
+                index = self.catalog_index()
+                if woken.is_set():
+                    body = _encoder.encode(read())
         return Response(body, 200, headers=index_headers(index), media_type="application/json")
 
     def catalog_index(self) -> int:
