@@ -245,16 +245,19 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         status = 500
+        answered = False
         started = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+            if not answered:
+                status = 499  # ended without an answer: its client went away (ClientGone...)
         except anyio.get_cancelled_exc_class():
             # The client went away (or the server is stopping) before an answer: nginx's 499.
             status = 499
@@ -265,6 +268,62 @@ class MetricsMiddleware:
             method = scope.get("method", "?")
             metrics.HTTP_REQUESTS.labels(template, method, str(status)).inc()
             metrics.HTTP_DURATION.labels(template, method).observe(time.perf_counter() - started)
+
+
+# --- blocking queries whose client went away ------------------------------------------------
+
+
+def is_blocking_query(scope: Scope) -> bool:
+    """A GET with ``?index=``: it may wait up to ``?wait`` (at most 10 minutes)."""
+    if scope["method"] != "GET":
+        return False
+    return any(part.startswith(b"index=") for part in scope["query_string"].split(b"&"))
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+class ClientGoneMiddleware:
+    """Ends a blocking query as soon as its client disconnects; counts the open ones.
+
+    uvicorn does not cancel a request whose client went away: a blocking query noticed only
+    when it answered, up to ``?wait`` later, holding its task, its connection's state and a
+    read on every change of its service meanwhile. Consul cancels such a query at once.
+    Only these requests get the extra task that listens for the disconnect, and it is torn
+    down after the answer is sent, off the answer's way. A GET carries no body, so the
+    listener takes the receive channel and the handler gets an empty body.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_blocking_query(scope):
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered = True  # uvicorn reports a completed answer as a disconnect too
+            await send(message)
+
+        async def cancel_when_gone(scope: anyio.CancelScope) -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not answered:
+                scope.cancel()
+
+        metrics.HTTP_BLOCKING_QUERIES.inc()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(cancel_when_gone, group.cancel_scope)
+                await self.app(scope, _no_body, send_wrapper)
+                group.cancel_scope.cancel()
+        finally:
+            metrics.HTTP_BLOCKING_QUERIES.dec()
 
 
 # --- /peer/<name>/... : a peer's imported catalog under a path prefix -----------------------
@@ -784,7 +843,9 @@ def create_app(
         routes=[*api.routes(), *extra_routes],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
-    # Added first, so it runs inside MetricsMiddleware (the last added is the outermost).
+    # The last added is the outermost: MetricsMiddleware sees every request as the others
+    # leave it (a blocking query ended by ClientGoneMiddleware as a 499).
+    app.add_middleware(ClientGoneMiddleware)
     app.add_middleware(PeerPrefixMiddleware)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -22,6 +22,10 @@ HTTP_DURATION = Histogram(
     "HTTP API request latency (blocking queries included) by route template.",
     ["route", "method"],
 )
+HTTP_BLOCKING_QUERIES = Gauge(
+    "peering_http_blocking_queries",
+    "Blocking queries (GET with ?index=) open now, waiting for a change or their ?wait.",
+)
 CATALOG_INDEX = Gauge(
     "peering_catalog_index",
     "The catalog index (X-Consul-Index) after the last committed change.",

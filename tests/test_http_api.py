@@ -434,3 +434,44 @@ def test_imported_services_are_tagged_and_never_mixed(
     assert (entry["ServiceID"], entry["PeerName"]) == ("mix-remote", "mixpeer")
     assert http.get("/v1/catalog/services?peer=mixpeer").json() == {"mix": []}
     assert http.get("/v1/catalog/service/mix?peer=otherpeer").json() == []
+
+
+def _metric(http: httpx.Client, sample: str) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _wait_for_metric(http: httpx.Client, sample: str, value: float) -> None:
+    deadline = time.monotonic() + 5
+    while _metric(http, sample) != value:
+        assert time.monotonic() < deadline, f"{sample} stayed at {_metric(http, sample)}"
+        time.sleep(0.02)
+
+
+def test_a_blocking_query_ends_when_its_client_goes_away(http: httpx.Client) -> None:
+    """The query of a client that disconnected is cancelled at once, not when its ?wait ends
+    (600 s here), and counted as a 499; the open ones are a gauge."""
+    import socket
+    from urllib.parse import urlsplit
+
+    register(http, {"Name": "gone", "ID": "gone-1"})
+    index = http.get("/v1/health/service/gone").headers["X-Consul-Index"]
+    gone = 'peering_http_requests_total{code="499",method="GET",route="/v1/health/service/{name}"}'
+    before = _metric(http, gone)
+    url = urlsplit(str(http.base_url))
+    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=5) as s:
+        s.sendall(
+            f"GET /v1/health/service/gone?index={index}&wait=600s HTTP/1.1\r\n"
+            f"Host: {url.netloc}\r\n\r\n".encode()
+        )
+        _wait_for_metric(http, "peering_http_blocking_queries", 1.0)
+    _wait_for_metric(http, "peering_http_blocking_queries", 0.0)
+    assert _metric(http, gone) == before + 1
+    # A query answered as usual is not counted as gone, and its answer is whole.
+    answered = http.get(f"/v1/health/service/gone?index={int(index) - 1}&wait=1s")
+    assert answered.status_code == 200
+    assert answered.json()[0]["Service"]["ID"] == "gone-1"
+    assert _metric(http, gone) == before + 1
+    _wait_for_metric(http, "peering_http_blocking_queries", 0.0)
