@@ -8,7 +8,8 @@ Figures (medians; p99 where it is a latency; nothing is asserted):
 - establish: token -> both sides ACTIVE;
 - propagation: register on east -> visible through west's blocking query (opened before the
   change, as a watcher has it), p50/p99 and the ratio of its p50 to the floor's; also the
-  register PUT alone and the change as a polling client sees it. After a warm-up, floor and
+  register PUT alone and the change as a polling client sees it, and again with 200 idle
+  blocking queries open on other services on each agent. After a warm-up, floor and
   propagation samples alternate, each after the same pause, so both run under the same
   conditions (bench/latency.py, shared with bench/propagation.py). The watcher's HTTP client
   is bench/lean_http.py, with next to no cost of its own; each sample also has a change seen
@@ -53,6 +54,7 @@ from agent.wire.events import Heartbeat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency
+import watchers
 from agents import Agent, establish, export
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +72,9 @@ def progress(message: str) -> None:
 # measured that transient in its p99 (259-295 ms against 72-133 ms a minute later).
 FANOUT_WARM_FLOOR = 50
 FANOUT_WARM_CHANGES = 30
+# Idle blocking queries on other services held on each agent (bench/watchers.py) in the
+# round after the headline propagation: Prometheus' Consul SD holds one per service.
+WATCHERS = 200
 
 
 def services_file(path: Path, count: int, port: int) -> None:
@@ -214,6 +219,30 @@ def catalog_round(work: Path, bootstrap: str, count: int, report: dict[str, Any]
             agent.stop()
 
 
+def with_watchers(bootstrap: str, east: Agent, west: Agent, changes: int) -> dict[str, Any]:
+    """Propagation while Prometheus' Consul service discovery would hold a blocking query per
+    service on both agents: ``WATCHERS`` on east's local services, as many on what west
+    imports from east, none of them on the service that changes."""
+    watchers.export_services(east, west, WATCHERS)
+    with (
+        watchers.holding(east.url, WATCHERS, "dc=east"),
+        watchers.holding(west.url, WATCHERS, "peer=east"),
+    ):
+        samples = anyio.run(
+            lambda: latency.measure(
+                bootstrap, east.url, [(west.url, "east")], changes,
+                warm_floor=1000, warm_changes=100,
+            )
+        )  # fmt: skip
+    figures = samples.report()
+    return {
+        "queries_on_each_agent": WATCHERS,
+        "floor": figures["floor"],
+        "propagation": figures["propagation"],
+        "ratio_p50_to_floor": figures["ratio_p50_to_floor"],
+    }
+
+
 def heartbeat_bytes() -> int:
     """Size of one encrypted heartbeat record (key + value) as it is on the wire."""
     root = crypto.hkdf(b"bench", salt=b"", info=b"bench root")
@@ -343,6 +372,13 @@ def table(report: dict[str, Any]) -> str:
         poll = report["propagation_polling"]
         rows.append(("propagation (register -> west polled, no index)",
                      f"p50 {poll['p50_ms']} ms, p99 {poll['p99_ms']} ms", ""))  # fmt: skip
+    if "propagation_with_watchers" in report:
+        busy = report["propagation_with_watchers"]
+        prop = busy["propagation"]
+        rows.append((f"propagation, {busy['queries_on_each_agent']} blocking queries open on"
+                     " other services on each agent",
+                     f"p50 {prop['p50_ms']} ms, p99 {prop['p99_ms']} ms,"
+                     f" {busy['ratio_p50_to_floor']:.2f}x floor", ""))  # fmt: skip
     rows += [
         ("establish (token -> both ACTIVE)", f"{report['establish_seconds']:.2f} s", ""),
         ("CPU per event (encode+encrypt+decrypt+decode+apply)",
@@ -437,6 +473,10 @@ def main() -> None:
                         polling=polling, compare="aiohttp", **warm,
                     )
                 )  # fmt: skip
+                progress(f"propagation with {WATCHERS} blocking queries open on each agent")
+                report["propagation_with_watchers"] = with_watchers(
+                    broker.bootstrap, east, west, changes
+                )
             finally:
                 east.stop()
                 west.stop()

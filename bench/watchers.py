@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -47,6 +49,46 @@ async def hold(url: str, count: int, query: str) -> None:
         await asyncio.gather(*(watch(k) for k in range(count)))
 
 
+def export_services(east: Agent, west: Agent, count: int) -> None:
+    """East exports ``bench`` and ``svc-0``...``svc-<count-1>`` (one instance each) to west,
+    and west has imported them."""
+    names = [latency.SERVICE] + [f"svc-{k}" for k in range(count)]
+    config = {
+        "Kind": "exported-services",
+        "Name": "default",
+        "Services": [{"Name": n, "Consumers": [{"Peer": "west"}]} for n in names],
+    }
+    httpx.put(f"{east.url}/v1/config", json=config, timeout=30).raise_for_status()
+    for k in range(count):
+        body = {"ID": f"svc-{k}-1", "Name": f"svc-{k}", "Port": 1000 + k}
+        url = f"{east.url}/v1/agent/service/register"
+        httpx.put(url, json=body, timeout=10).raise_for_status()
+    while len(httpx.get(f"{west.url}/v1/catalog/services?peer=east").json()) <= count:
+        time.sleep(0.1)
+
+
+def open_queries(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("peering_http_blocking_queries "):
+            return float(line.split()[1])
+    return float("nan")  # an agent older than the gauge
+
+
+@contextmanager
+def holding(url: str, count: int, query: str) -> Iterator[None]:
+    """``count`` idle blocking queries on ``svc-<k>?<query>`` at ``url``, from another
+    process, open while the block runs."""
+    holder = subprocess.Popen([sys.executable, __file__, "--hold", url, str(count), query])
+    try:
+        deadline = time.monotonic() + 10
+        while not open_queries(url) >= count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield
+    finally:
+        stop_process(holder, 10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--watchers", type=int, default=200, help="idle queries on west")
@@ -71,19 +113,7 @@ def main() -> None:
             west = Agent("west", broker.bootstrap, work)
             agents.append(west)
             establish(east, west)
-            names = [latency.SERVICE] + [f"svc-{k}" for k in range(count)]
-            config = {
-                "Kind": "exported-services",
-                "Name": "default",
-                "Services": [{"Name": n, "Consumers": [{"Peer": "west"}]} for n in names],
-            }
-            httpx.put(f"{east.url}/v1/config", json=config, timeout=30).raise_for_status()
-            for k in range(count):
-                body = {"ID": f"svc-{k}-1", "Name": f"svc-{k}", "Port": 1000 + k}
-                url = f"{east.url}/v1/agent/service/register"
-                httpx.put(url, json=body, timeout=10).raise_for_status()
-            while len(httpx.get(f"{west.url}/v1/catalog/services?peer=east").json()) < count:
-                time.sleep(0.1)
+            export_services(east, west, count)
 
             def round_(label: str) -> None:
                 samples = anyio.run(
@@ -102,12 +132,8 @@ def main() -> None:
 
             round_("no other query open")
             url, query = (west.url, "peer=east") if args.on == "west" else (east.url, "dc=east")
-            holder = subprocess.Popen([sys.executable, __file__, "--hold", url, str(count), query])
-            try:
-                time.sleep(3)
+            with holding(url, count, query):
                 round_(f"{count} idle queries on other services, on {args.on}")
-            finally:
-                stop_process(holder, 10)
             time.sleep(1)
             round_("none again")
         finally:
