@@ -50,8 +50,8 @@ async def hold(url: str, count: int, query: str) -> None:
 
 
 def export_services(east: Agent, west: Agent, count: int) -> None:
-    """East exports ``bench`` and ``svc-0``...``svc-<count-1>`` (one instance each) to west,
-    and west has imported them."""
+    """East exports ``bench`` and ``svc-0``...``svc-<count-1>`` to west, and west has
+    imported the latter (one instance each; ``bench`` has none until it is measured)."""
     names = [latency.SERVICE] + [f"svc-{k}" for k in range(count)]
     config = {
         "Kind": "exported-services",
@@ -63,7 +63,7 @@ def export_services(east: Agent, west: Agent, count: int) -> None:
         body = {"ID": f"svc-{k}-1", "Name": f"svc-{k}", "Port": 1000 + k}
         url = f"{east.url}/v1/agent/service/register"
         httpx.put(url, json=body, timeout=10).raise_for_status()
-    while len(httpx.get(f"{west.url}/v1/catalog/services?peer=east").json()) <= count:
+    while len(httpx.get(f"{west.url}/v1/catalog/services?peer=east").json()) < count:
         time.sleep(0.1)
 
 
