@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import latency  # bench/ is on sys.path when a script here runs
 
-from agent.devbroker import free_port
+from agent.devbroker import DevBroker, free_port
 from agent.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,3 +124,23 @@ def export(agent: Agent, service: str, consumers: list[str]) -> None:
         "Services": [{"Name": service, "Consumers": [{"Peer": p} for p in consumers]}],
     }
     httpx.put(f"{agent.url}/v1/config", json=config, timeout=30).raise_for_status()
+
+
+@contextmanager
+def broker_and_pair(work: Path) -> Iterator[tuple[DevBroker, Agent, Agent, float]]:
+    """A broker, and east and west agents on it with west peered to east: (broker, east,
+    west, seconds to establish). All stopped afterwards."""
+    broker = DevBroker(work / "broker")
+    broker.start()
+    broker.wait_ready()
+    agents: list[Agent] = []
+    try:
+        east = Agent("east", broker.bootstrap, work)
+        agents.append(east)
+        west = Agent("west", broker.bootstrap, work)
+        agents.append(west)
+        yield broker, east, west, establish(east, west)
+    finally:
+        for agent in agents:
+            agent.stop()
+        broker.stop()

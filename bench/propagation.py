@@ -25,9 +25,7 @@ from pathlib import Path
 
 import anyio
 import latency  # bench/ is on sys.path when a script here runs
-from agents import Agent, establish, export
-
-from agent.devbroker import DevBroker
+from agents import broker_and_pair, export
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,37 +47,23 @@ def main() -> None:
                         help="also watch each sample's change through this client")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        broker = DevBroker(work / "broker")
-        broker.start()
-        broker.wait_ready()
-        agents: list[Agent] = []
-        try:
-            east = Agent("east", broker.bootstrap, work)
-            agents.append(east)
-            west = Agent("west", broker.bootstrap, work)
-            agents.append(west)
-            establish_seconds = establish(east, west)
-            export(east, latency.SERVICE, ["west"])
-            samples = anyio.run(
-                lambda: latency.measure(
-                    broker.bootstrap, east.url, [(west.url, "east")], args.changes,
-                    warm_floor=args.warm_floor, warm_changes=args.warm_changes,
-                    polling=args.polling, client_kind=args.client, compare=args.compare,
-                )
+    with tempfile.TemporaryDirectory() as tmp, broker_and_pair(Path(tmp)) as pair:
+        broker, east, west, establish_seconds = pair
+        export(east, latency.SERVICE, ["west"])
+        samples = anyio.run(
+            lambda: latency.measure(
+                broker.bootstrap, east.url, [(west.url, "east")], args.changes,
+                warm_floor=args.warm_floor, warm_changes=args.warm_changes,
+                polling=args.polling, client_kind=args.client, compare=args.compare,
+            )
+        )  # fmt: skip
+        cpu = {}
+        if args.cpu_changes and broker.pid is not None:
+            pids = {"east": east.process.pid, "west": west.process.pid, "broker": broker.pid}
+            cpu = anyio.run(
+                latency.cpu_per_change, east.url, [(west.url, "east")], args.cpu_changes,
+                pids, args.client,
             )  # fmt: skip
-            cpu = {}
-            if args.cpu_changes and broker.pid is not None:
-                pids = {"east": east.process.pid, "west": west.process.pid, "broker": broker.pid}
-                cpu = anyio.run(
-                    latency.cpu_per_change, east.url, [(west.url, "east")], args.cpu_changes,
-                    pids, args.client,
-                )  # fmt: skip
-        finally:
-            for agent in agents:
-                agent.stop()
-            broker.stop()
     figures = samples.report()
     report = {
         "floor_round_trip": figures["floor"],

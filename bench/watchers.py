@@ -28,9 +28,8 @@ from pathlib import Path
 import anyio
 import httpx
 import latency  # bench/ is on sys.path when a script here runs
-from agents import Agent, establish
+from agents import Agent, broker_and_pair
 
-from agent.devbroker import DevBroker
 from agent.processes import stop_process
 
 
@@ -101,45 +100,31 @@ def main() -> None:
         asyncio.run(hold(args.hold[0], int(args.hold[1]), args.hold[2]))
         return
     count = args.watchers
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        broker = DevBroker(work / "broker")
-        broker.start()
-        broker.wait_ready()
-        agents: list[Agent] = []
-        try:
-            east = Agent("east", broker.bootstrap, work)
-            agents.append(east)
-            west = Agent("west", broker.bootstrap, work)
-            agents.append(west)
-            establish(east, west)
-            export_services(east, west, count)
+    with tempfile.TemporaryDirectory() as tmp, broker_and_pair(Path(tmp)) as pair:
+        broker, east, west, _ = pair
+        export_services(east, west, count)
 
-            def round_(label: str) -> None:
-                samples = anyio.run(
-                    lambda: latency.measure(
-                        broker.bootstrap, east.url, [(west.url, "east")], args.changes,
-                        warm_floor=3000, warm_changes=200,
-                    )
-                )  # fmt: skip
-                report = samples.report()
-                floor, prop = report["floor"], report["propagation"]
-                print(
-                    f"{label}: floor p50 {floor['p50_ms']} ms; propagation p50 {prop['p50_ms']}"
-                    f" ms p99 {prop['p99_ms']} ms; {report['ratio_p50_to_floor']}x floor",
-                    flush=True,
+        def round_(label: str) -> None:
+            samples = anyio.run(
+                lambda: latency.measure(
+                    broker.bootstrap, east.url, [(west.url, "east")], args.changes,
+                    warm_floor=3000, warm_changes=200,
                 )
+            )  # fmt: skip
+            report = samples.report()
+            floor, prop = report["floor"], report["propagation"]
+            print(
+                f"{label}: floor p50 {floor['p50_ms']} ms; propagation p50 {prop['p50_ms']}"
+                f" ms p99 {prop['p99_ms']} ms; {report['ratio_p50_to_floor']}x floor",
+                flush=True,
+            )
 
-            round_("no other query open")
-            url, query = (west.url, "peer=east") if args.on == "west" else (east.url, "dc=east")
-            with holding(url, count, query):
-                round_(f"{count} idle queries on other services, on {args.on}")
-            time.sleep(1)
-            round_("none again")
-        finally:
-            for agent in agents:
-                agent.stop()
-            broker.stop()
+        round_("no other query open")
+        url, query = (west.url, "peer=east") if args.on == "west" else (east.url, "dc=east")
+        with holding(url, count, query):
+            round_(f"{count} idle queries on other services, on {args.on}")
+        time.sleep(1)
+        round_("none again")
 
 
 if __name__ == "__main__":
