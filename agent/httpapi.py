@@ -474,18 +474,15 @@ class Api:
     ) -> Response:
         """A read that may be a blocking query, answered when *its* answer changes.
 
-        ``read()`` builds the answer (Structs, lists). The catalog index moves on every
-        change of anything, so waiting for it alone answered every watcher of every service
-        on each change anywhere, and each came straight back with the new index. If nothing
-        has changed since the client's ``?index`` when it arrives, its answer now is the one
-        it already has: the query keeps waiting, re-reading after each change, until that
-        answer differs or ``?wait`` ends (then it answers the same body, as Consul does). A
-        client behind the current index is answered at once, as before.
-
-        ``read`` reads ``service`` (None: every service) of ``peer``'s imported catalog
-        (None: the local one), and only the commits that may change that wake the query
-        (``IndexNotifier.watch``): a change to one service no longer costs a read for every
-        query open on the others.
+        ``read()`` builds the answer (Structs, lists) from ``service`` (None: every service)
+        of ``peer``'s imported catalog (None: the local one). The catalog index moves on
+        every change of anything, so waiting for it alone answered every watcher of every
+        service on each change anywhere, and each came straight back with the new index. If
+        nothing has changed since the client's ``?index`` when it arrives, its answer now is
+        the one it already has: the query waits, woken only by the commits that may change
+        what it reads (``IndexNotifier.watch``), reads again and answers once its answer
+        differs, or when ``?wait`` ends (then the same body at the index reached, as Consul
+        does). A client behind the current index is answered at once, as before.
         """
         wanted = self.blocking_params(request)
         # Subscribed before the index and the read: a commit after either still wakes it.

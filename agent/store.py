@@ -162,9 +162,9 @@ class Store(PeeringTables):
         # that recompute the whole view (``exported="all"``, config changes among them) read
         # it again: one statement less on a change's way to the peers.
         self._entry_cache: tuple[ExportedServicesEntry | None] | None = None
-        # Per peer, the view's version right after ``stage_import`` applied a batch: its
-        # commit need not apply the batch again unless the view moved since.
-        # With the services the batch touched: the commit wakes their watchers again.
+        # Per peer, the view's version right after ``stage_import`` applied a batch (its
+        # commit need not apply the batch again unless the view moved since) and the
+        # services the batch touched (whose queries the commit wakes again).
         self._staged_versions: dict[str, tuple[int, frozenset[str] | None]] = {}
         # ``?peer=`` reads answer from memory; not in a read-only store, whose database
         # another process writes.
@@ -281,8 +281,7 @@ class Store(PeeringTables):
         durable: bool = True,
         staged_index: int | None = None,
         rewrites_imported_of: str | None = None,
-        after_commit: Callable[[], None] | None = None,
-        wakes: Callable[[], Wake | None] | None = None,
+        after_commit: Callable[[], Wake] | None = None,
     ) -> int:
         """Run ``apply(conn, next_index, touched)`` in one transaction; bump the index if it
         changed.
@@ -307,18 +306,19 @@ class Store(PeeringTables):
 
         ``rewrites_imported_of``: the write changes that peer's imported set otherwise than
         by an importer's batch (a swap, a drop); the imported view forgets the peer once the
-        transaction is over, committed or not, and the next read loads it again.
+        transaction is over, committed or not, and the next read loads it again; every
+        blocking query on that peer's catalog is woken.
 
-        ``after_commit`` runs once the transaction is committed. Both come before the
+        ``after_commit`` runs once the transaction is committed and says whom the change
+        concerns (``notifier.Wake``, an importer's batch in the view). Both come before the
         callbacks that wake the exporters and the blocking queries: a query woken by a write
         in a worker thread runs on the loop while that thread is still here, and it must
         find the view as the commit left it (else it answers the new index with the old set,
         and the set changes under an index its watcher has already seen: a lost update).
 
-        ``wakes`` says, once the transaction is over, which blocking queries the change may
-        concern (``notifier.Wake``; None from it: all of them). Without it, a write of the
-        local catalog (``exported`` other than "none") wakes the local ones about the
-        services it touched (all local ones for a config change), any other write all.
+        Otherwise a write of the local catalog (``exported`` other than "none") wakes the
+        blocking queries on the services it touched (all local ones for a config change),
+        and any other write wakes every query.
         """
         if self.readonly:
             raise StoreError("this store was opened read-only")
@@ -332,14 +332,19 @@ class Store(PeeringTables):
                 self._forget_imported(rewrites_imported_of)
         # The view is as the commit left it before anyone hears of the change: a write in a
         # worker thread is still running here when the loop's readers it woke read the view.
+        wake: Wake | None  # None: every blocking query
         if after_commit is not None:
-            after_commit()
+            wake = after_commit()
+        elif rewrites_imported_of is not None:
+            wake = imported(rewrites_imported_of)
+        else:
+            wake = local
         # Exporters first: each callback may wait for a hop onto the event loop, and the
         # exporter's produce is on the path to the peer; local blocking queries can wait.
         if fed and self._on_feed is not None:
             self._on_feed(fed)
         if changed and self._on_change is not None:
-            self._on_change(Change(index, wakes() if wakes is not None else local))
+            self._on_change(Change(index, wake))
         return index
 
     def _transaction(
@@ -363,10 +368,9 @@ class Store(PeeringTables):
             index = max(stored, self._index_seen)
             touched = Touched()
             changed = apply(conn, index + 1, touched)
-            if exported != "none":
+            if changed and exported != "none":
                 # A config change may change any answer about the local catalog.
                 local = LOCAL if exported == "all" else touched.wake()
-            if changed and exported != "none":
                 if exported == "all" or self._entry_cache is None:
                     self._entry_cache = (_load_entry(conn),)
                 refresh = None if exported == "all" else touched
@@ -695,9 +699,7 @@ class Store(PeeringTables):
             )
             return True
 
-        return self._write(
-            apply, exported="none", rewrites_imported_of=peer, wakes=lambda: imported(peer)
-        )
+        return self._write(apply, exported="none", rewrites_imported_of=peer)
 
     def apply_imported(
         self, peer: str, upserts: Iterable[ServiceInstance], removals: Iterable[str]
@@ -723,9 +725,7 @@ class Store(PeeringTables):
                 changed |= cur.rowcount > 0
             return changed
 
-        return self._write(
-            apply, exported="none", rewrites_imported_of=peer, wakes=lambda: imported(peer)
-        )
+        return self._write(apply, exported="none", rewrites_imported_of=peer)
 
     def set_imported_stale(self, peer: str, stale: bool) -> int:
         """Flag ``peer``'s imported services as stale (peering FAILING) or fresh again."""
@@ -748,9 +748,7 @@ class Store(PeeringTables):
             dropped = conn.execute("DELETE FROM imported_peers WHERE peer = ?", (peer,)).rowcount
             return removed + dropped > 0
 
-        return self._write(
-            apply, exported="none", rewrites_imported_of=peer, wakes=lambda: imported(peer)
-        )
+        return self._write(apply, exported="none", rewrites_imported_of=peer)
 
     def imported_instances(self, peer: str, name: str | None = None) -> list[ServiceInstance]:
         """Instances imported from ``peer`` (all, or of one service), ordered by key."""

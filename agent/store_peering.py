@@ -336,23 +336,13 @@ class PeeringTables:
             return changed
 
         if replace_all:
-            return self._write(
-                apply,
-                exported="none",
-                durable=False,
-                rewrites_imported_of=peer,
-                wakes=lambda: imported(peer),
-            )
-        touched: list[frozenset[str] | None] = [None]
-
-        def applied() -> None:
-            touched[0] = self._imported_applied(peer, ups, removed, staged_index is not None)
-
+            return self._write(apply, exported="none", durable=False, rewrites_imported_of=peer)
         return self._write(
             apply,
             exported="none",
             durable=False,
             staged_index=staged_index,
-            after_commit=applied,
-            wakes=lambda: imported(peer, touched[0]),
+            after_commit=lambda: imported(
+                peer, self._imported_applied(peer, ups, removed, staged_index is not None)
+            ),
         )
