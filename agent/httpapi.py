@@ -2,7 +2,7 @@
 
 Consul's paths, JSON field names and status codes, so Consul clients and Prometheus' Consul
 service discovery work unchanged. Handlers are thin: decode and validate at the edge (pure
-``catalog`` functions), call the store in a worker thread (its commits fsync), encode Structs.
+``catalog`` functions), call the store (see ``Api.write``), encode Structs.
 Errors are plain-text bodies with a 4xx code, as Consul answers them.
 
 Peering routes are not built here: ``create_app(..., extra_routes=[...])`` mounts the routes
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote_plus
@@ -185,6 +185,49 @@ def index_headers(index: int) -> dict[str, str]:
         "X-Consul-KnownLeader": "true",
         "X-Consul-LastContact": "0",
     }
+
+
+# A route's answer sent without a Response object (see RawEndpoint): status, body, headers.
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+_JSON = (b"content-type", b"application/json")
+
+
+def index_answer(body: bytes, index: int) -> Answer:
+    """A catalog read's JSON answer with Consul's index headers."""
+    return (
+        200,
+        body,
+        [
+            (b"content-length", str(len(body)).encode()),
+            _JSON,
+            (b"x-consul-index", str(index).encode()),
+            (b"x-consul-knownleader", b"true"),
+            (b"x-consul-lastcontact", b"0"),
+        ],
+    )
+
+
+EMPTY_OK: Answer = (200, b"", [(b"content-length", b"0")])
+
+
+class RawEndpoint:
+    """A route's handler called as a plain ASGI app, for the two routes on a change's way
+    from one cluster to the other (the register, the health query watchers block on).
+
+    Starlette wraps a function or method endpoint in a Request, a per-route exception
+    wrapper with its own send wrapper, and a Response object; it calls any other callable
+    as an ASGI app. Right after the process slept each such layer costs tens of µs, on
+    both agents of the path. The handler still takes a Request (cheap to build) and raises
+    ApiError as every handler does: the app's ExceptionMiddleware answers it.
+    """
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Answer]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status, body, headers = await self.handler(Request(scope, receive))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def json_response(value: Any, status: int = 200, index: int | None = None) -> Response:
@@ -472,7 +515,19 @@ class Api:
         peer: str | None = None,
         service: str | None = None,
     ) -> Response:
-        """A read that may be a blocking query, answered when *its* answer changes.
+        """``blocking_answer`` as a Response."""
+        index, body = await self.blocking_answer(request, read, peer, service)
+        return Response(body, 200, headers=index_headers(index), media_type="application/json")
+
+    async def blocking_answer(
+        self,
+        request: Request,
+        read: Callable[[], Any],
+        peer: str | None = None,
+        service: str | None = None,
+    ) -> tuple[int, bytes]:
+        """A read that may be a blocking query, answered when *its* answer changes: the
+        index and the JSON body.
 
         ``read()`` builds the answer (Structs, lists) from ``service`` (None: every service)
         of ``peer``'s imported catalog (None: the local one). The catalog index moves on
@@ -506,7 +561,7 @@ class Api:
                 index = self.catalog_index()
                 if woken.is_set():
                     body = _encoder.encode(read())
-        return Response(body, 200, headers=index_headers(index), media_type="application/json")
+        return index, body
 
     def catalog_index(self) -> int:
         """The index to answer with, taken before the data is read: the notifier's, which
@@ -633,16 +688,17 @@ class Api:
             )
         return entries
 
-    async def health_service(self, request: Request) -> Response:
+    async def health_service(self, request: Request) -> Answer:
         self.common_params(request)
         name = self._service_name(request)
         peer = self.peer_param(request)
         tag = request.query_params.get("tag")
         # Consul treats a bare ``?passing`` as true.
         passing = request.query_params.get("passing", "false").lower() not in ("false", "0")
-        return await self.answer_blocking(
+        index, body = await self.blocking_answer(
             request, lambda: self._health_entries(peer, name, tag, passing), peer, name
         )
+        return index_answer(body, index)
 
     def _health_entries(
         self, peer: str | None, name: str, tag: str | None, passing: bool
@@ -662,7 +718,7 @@ class Api:
 
     # --- agent endpoints ---
 
-    async def register(self, request: Request) -> Response:
+    async def register(self, request: Request) -> Answer:
         body = await read_json(request, self.config.max_body_bytes)
         try:
             instance = catalog.decode_registration(body)
@@ -672,7 +728,7 @@ class Api:
             await self.write(self.store.register, instance, "api")
         except StoreError as exc:
             raise ApiError(400, f"invalid service registration: {exc}") from None
-        return Response(b"", 200)
+        return EMPTY_OK
 
     async def deregister(self, request: Request) -> Response:
         service_id = request.path_params["service_id"]
@@ -788,9 +844,9 @@ class Api:
         # after the process slept): the reads blocking queries wait on and the writes of a
         # change's way come first.
         return [
-            Route("/v1/health/service/{name}", self.health_service, methods=["GET"]),
+            Route("/v1/health/service/{name}", RawEndpoint(self.health_service), methods=["GET"]),
             Route("/v1/catalog/service/{name}", self.catalog_service, methods=["GET"]),
-            Route("/v1/agent/service/register", self.register, methods=["PUT"]),
+            Route("/v1/agent/service/register", RawEndpoint(self.register), methods=["PUT"]),
             Route("/v1/agent/service/deregister/{service_id}", self.deregister, methods=["PUT"]),
             Route("/v1/agent/service/{service_id}", self.agent_service_one, methods=["GET"]),
             Route("/v1/agent/services", self.agent_services, methods=["GET"]),

@@ -475,3 +475,35 @@ def test_a_blocking_query_ends_when_its_client_goes_away(http: httpx.Client) -> 
     assert answered.json()[0]["Service"]["ID"] == "gone-1"
     assert _metric(http, gone) == before + 1
     _wait_for_metric(http, "peering_http_blocking_queries", 0.0)
+
+
+def test_raw_endpoints_answer_like_the_others(http: httpx.Client) -> None:
+    """The register and health routes skip Starlette's Response objects (RawEndpoint): the
+    same headers, HEAD, error answers and metrics as every other route."""
+    assert register(http, {"Name": "raw-web", "Port": 81}).status_code == 200
+    health = http.get("/v1/health/service/raw-web")
+    assert health.status_code == 200
+    assert health.headers["content-type"] == "application/json"
+    assert int(health.headers["X-Consul-Index"]) > 0
+    assert health.headers["X-Consul-KnownLeader"] == "true"
+    assert health.headers["X-Consul-LastContact"] == "0"
+    assert int(health.headers["content-length"]) == len(health.content)
+    assert [e["Service"]["Port"] for e in health.json()] == [81]
+    head = http.head("/v1/health/service/raw-web")
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["X-Consul-Index"] == health.headers["X-Consul-Index"]
+    # Errors raised in them reach the app's handlers: plain text, Consul's codes.
+    bad_name = http.get("/v1/health/service/bad name")
+    assert bad_name.status_code == 400
+    assert bad_name.headers["content-type"].startswith("text/plain")
+    bad_body = http.put("/v1/agent/service/register", content=b"{")
+    assert (bad_body.status_code, bad_body.text.startswith("malformed JSON")) == (400, True)
+    assert http.post("/v1/agent/service/register", json={"Name": "x"}).status_code == 405
+    text = http.get("/metrics").text
+    for route, method, code in (
+        ("/v1/health/service/{name}", "GET", "400"),
+        ("/v1/health/service/{name}", "HEAD", "200"),
+        ("/v1/agent/service/register", "PUT", "400"),
+        ("/v1/agent/service/register", "POST", "405"),
+    ):
+        assert f'{{code="{code}",method="{method}",route="{route}"}}' in text
