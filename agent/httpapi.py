@@ -194,17 +194,9 @@ _JSON = (b"content-type", b"application/json")
 
 def index_answer(body: bytes, index: int) -> Answer:
     """A catalog read's JSON answer with Consul's index headers."""
-    return (
-        200,
-        body,
-        [
-            (b"content-length", str(len(body)).encode()),
-            _JSON,
-            (b"x-consul-index", str(index).encode()),
-            (b"x-consul-knownleader", b"true"),
-            (b"x-consul-lastcontact", b"0"),
-        ],
-    )
+    headers = [(b"content-length", str(len(body)).encode()), _JSON]
+    headers += [(k.lower().encode(), v.encode()) for k, v in index_headers(index).items()]
+    return 200, body, headers
 
 
 EMPTY_OK: Answer = (200, b"", [(b"content-length", b"0")])
