@@ -203,8 +203,9 @@ EMPTY_OK: Answer = (200, b"", [(b"content-length", b"0")])
 
 
 class RawEndpoint:
-    """A route's handler called as a plain ASGI app, for the two routes on a change's way
-    from one cluster to the other (the register, the health query watchers block on).
+    """A route's handler called as a plain ASGI app: the register and the reads blocking
+    queries wait on, among them the two routes on a change's way from one cluster to the
+    other (the register, the health query watchers block on).
 
     Starlette wraps a function or method endpoint in a Request, a per-route exception
     wrapper with its own send wrapper, and a Response object; it calls any other callable
@@ -506,20 +507,8 @@ class Api:
         read: Callable[[], Any],
         peer: str | None = None,
         service: str | None = None,
-    ) -> Response:
-        """``blocking_answer`` as a Response."""
-        index, body = await self.blocking_answer(request, read, peer, service)
-        return Response(body, 200, headers=index_headers(index), media_type="application/json")
-
-    async def blocking_answer(
-        self,
-        request: Request,
-        read: Callable[[], Any],
-        peer: str | None = None,
-        service: str | None = None,
-    ) -> tuple[int, bytes]:
-        """A read that may be a blocking query, answered when *its* answer changes: the
-        index and the JSON body.
+    ) -> Answer:
+        """A read that may be a blocking query, answered when *its* answer changes.
 
         ``read()`` builds the answer (Structs, lists) from ``service`` (None: every service)
         of ``peer``'s imported catalog (None: the local one). The catalog index moves on
@@ -553,7 +542,7 @@ class Api:
                 index = self.catalog_index()
                 if woken.is_set():
                     body = _encoder.encode(read())
-        return index, body
+        return index_answer(body, index)
 
     def catalog_index(self) -> int:
         """The index to answer with, taken before the data is read: the notifier's, which
@@ -626,7 +615,7 @@ class Api:
         imported = self.store.imported_instances(peer, name)
         return [LocalInstance(inst, "peer", 0, 0) for inst in imported]
 
-    async def catalog_services(self, request: Request) -> Response:
+    async def catalog_services(self, request: Request) -> Answer:
         self.common_params(request)
         peer = self.peer_param(request)
         return await self.answer_blocking(
@@ -641,7 +630,7 @@ class Api:
         except InvalidName as exc:
             raise ApiError(400, str(exc)) from None
 
-    async def catalog_service(self, request: Request) -> Response:
+    async def catalog_service(self, request: Request) -> Answer:
         self.common_params(request)
         name = self._service_name(request)
         peer = self.peer_param(request)
@@ -687,10 +676,9 @@ class Api:
         tag = request.query_params.get("tag")
         # Consul treats a bare ``?passing`` as true.
         passing = request.query_params.get("passing", "false").lower() not in ("false", "0")
-        index, body = await self.blocking_answer(
+        return await self.answer_blocking(
             request, lambda: self._health_entries(peer, name, tag, passing), peer, name
         )
-        return index_answer(body, index)
 
     def _health_entries(
         self, peer: str | None, name: str, tag: str | None, passing: bool
@@ -705,7 +693,7 @@ class Api:
             entries.append(HealthEntry(node, self.agent_service(inst, peer), checks))
         return entries
 
-    async def exported_services(self, request: Request) -> Response:
+    async def exported_services(self, request: Request) -> Answer:
         return await self.answer_blocking(request, self.store.exported_summary)
 
     # --- agent endpoints ---
@@ -837,7 +825,7 @@ class Api:
         # change's way come first.
         return [
             Route("/v1/health/service/{name}", RawEndpoint(self.health_service), methods=["GET"]),
-            Route("/v1/catalog/service/{name}", self.catalog_service, methods=["GET"]),
+            Route("/v1/catalog/service/{name}", RawEndpoint(self.catalog_service), methods=["GET"]),
             Route("/v1/agent/service/register", RawEndpoint(self.register), methods=["PUT"]),
             Route("/v1/agent/service/deregister/{service_id}", self.deregister, methods=["PUT"]),
             Route("/v1/agent/service/{service_id}", self.agent_service_one, methods=["GET"]),
@@ -851,8 +839,8 @@ class Api:
             Route("/v1/config", self.config_put, methods=["PUT"]),
             Route("/v1/config/{kind}/{name}", self.config_get, methods=["GET"]),
             Route("/v1/config/{kind}/{name}", self.config_delete, methods=["DELETE"]),
-            Route("/v1/exported-services", self.exported_services, methods=["GET"]),
-            Route("/v1/catalog/services", self.catalog_services, methods=["GET"]),
+            Route("/v1/exported-services", RawEndpoint(self.exported_services), methods=["GET"]),
+            Route("/v1/catalog/services", RawEndpoint(self.catalog_services), methods=["GET"]),
             Route("/v1/status/leader", self.status_leader, methods=["GET"]),
             Route("/v1/status/peers", self.status_peers, methods=["GET"]),
             Route("/metrics", self.prometheus, methods=["GET"]),

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import anyio
 import httpx
+import msgspec
 import pytest
 
 from tests.agent_fixtures import AgentProcess
@@ -478,9 +479,16 @@ def test_a_blocking_query_ends_when_its_client_goes_away(http: httpx.Client) -> 
 
 
 def test_raw_endpoints_answer_like_the_others(http: httpx.Client) -> None:
-    """The register and health routes skip Starlette's Response objects (RawEndpoint): the
-    same headers, HEAD, error answers and metrics as every other route."""
+    """The register and the blocking reads skip Starlette's Response objects (RawEndpoint):
+    the same headers, HEAD, error answers and metrics as every other route."""
     assert register(http, {"Name": "raw-web", "Port": 81}).status_code == 200
+    for path in ("/v1/catalog/services", "/v1/catalog/service/raw-web", "/v1/exported-services"):
+        read = http.get(path)
+        assert read.status_code == 200, path
+        assert read.headers["content-type"] == "application/json", path
+        assert int(read.headers["X-Consul-Index"]) > 0, path
+        assert int(read.headers["content-length"]) == len(read.content), path
+        msgspec.json.decode(read.content)
     health = http.get("/v1/health/service/raw-web")
     assert health.status_code == 200
     assert health.headers["content-type"] == "application/json"
