@@ -199,7 +199,10 @@ def index_answer(body: bytes, index: int) -> Answer:
     return 200, body, headers
 
 
-EMPTY_OK: Answer = (200, b"", [(b"content-length", b"0")])
+def empty_ok() -> Answer:
+    """200 with no body. A new header list for each answer: middlewares may edit it in place
+    (Starlette's MutableHeaders does), so one shared list could carry a header into the next."""
+    return 200, b"", [(b"content-length", b"0")]
 
 
 class RawEndpoint:
@@ -708,7 +711,7 @@ class Api:
             await self.write(self.store.register, instance, "api")
         except StoreError as exc:
             raise ApiError(400, f"invalid service registration: {exc}") from None
-        return EMPTY_OK
+        return empty_ok()
 
     async def deregister(self, request: Request) -> Response:
         service_id = request.path_params["service_id"]
