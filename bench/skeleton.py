@@ -17,6 +17,15 @@ figure, with the floor, a change through the skeleton and a change through the a
 interleaved after the same warm-up. So the figures split the ratio to the floor in two: what
 any design with two Python processes and HTTP on both ends pays (skeleton / floor), and what
 the agents' own work adds (agents / skeleton). Nothing is asserted.
+
+One more leg, interleaved too: the floor across two processes. The issue's floor produces
+and consumes in one process, which is awake from the produce to the consume; a change's
+path hands the record from one process to another that slept since the last change, as any
+two clusters must. Here the benchmark produces as for the floor, and a receiver process
+(aiokafka's consumer through ``read_batches``, nothing else) notes when each record reached
+it on the machine's monotonic clock, which all processes share; the benchmark asks for that
+moment afterwards, off the clock. It does not wait for the producer's acknowledgement, which
+the one-process floor does (with acks=all on one broker it comes with the fetch answer).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -46,6 +56,7 @@ from agent.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 TOPIC = "bench-skeleton"
+FLOOR_TOPIC = "bench-skeleton-floor"
 # The importer's idle fetch wait at the benchmark's 1 s heartbeat (importer.idle_fetch_wait).
 IDLE_FETCH_WAIT = 0.5
 
@@ -137,6 +148,70 @@ class ImporterApp:
             await _answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
 
 
+class ReceiverApp:
+    """Follows the floor topic and notes when each record arrived; ``GET /arrived/<value in
+    hex>`` answers that moment (``time.perf_counter``), waiting for it if need be."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[bytes, float] = {}
+        self.arrived = anyio.Event()
+
+    async def follow(self, bootstrap: str) -> None:
+        batches = kafka_client.read_batches(
+            bootstrap, FLOOR_TOPIC, stop_at_end=False, poll_interval=IDLE_FETCH_WAIT
+        )
+        async for batch in batches:
+            now = time.perf_counter()  # first: what follows is off the clock
+            for record in batch.records:
+                if record.value is not None:
+                    self.arrivals[record.value] = now
+            self.arrived.set()
+            self.arrived = anyio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"].startswith("/arrived/"):
+            value = bytes.fromhex(scope["path"].rsplit("/", 1)[1])
+            with anyio.move_on_after(10):
+                while value not in self.arrivals:
+                    await self.arrived.wait()
+            if value not in self.arrivals:
+                await _answer(send, 404, b"", [])
+                return
+            body = msgspec.json.encode(self.arrivals.pop(value))
+            await _answer(send, 200, body, [_JSON, (b"x-consul-index", b"0")])
+        else:
+            await _answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
+
+
+class TwoProcessFloor:
+    """The floor's record from this process to the receiver process (see the module doc)."""
+
+    def __init__(self, bootstrap: str, receiver_url: str) -> None:
+        self.bootstrap = bootstrap
+        self.receiver_url = receiver_url
+        self.key = os.urandom(latency.FLOOR_KEY_BYTES)
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> TwoProcessFloor:
+        self._producer = await self._stack.enter_async_context(
+            kafka_client.producer(self.bootstrap)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def hand_over(self, client: latency.Client) -> float:
+        """Seconds from the produce to the receiver having the record."""
+        value = os.urandom(latency.FLOOR_VALUE_BYTES)
+        started = time.perf_counter()
+        await kafka_client.send(self._producer, FLOOR_TOPIC, self.key, value)
+        arrived, _index = await client.get_json(f"{self.receiver_url}/arrived/{value.hex()}")
+        return float(arrived) - started
+
+
 async def _serve(app: Any, port: int) -> None:
     # As the agent binds (runtime._bind): IPPROTO_TCP, so asyncio sets TCP_NODELAY.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -155,10 +230,10 @@ async def _run_role(role: str, bootstrap: str, port: int) -> None:
             producer = await stack.enter_async_context(kafka_client.producer(bootstrap))
             await _serve(ExporterApp(producer), port)
         else:
-            importer = ImporterApp()
+            app = ImporterApp() if role == "importer" else ReceiverApp()
             async with anyio.create_task_group() as group:
-                group.start_soon(importer.follow, bootstrap)
-                await _serve(importer, port)
+                group.start_soon(app.follow, bootstrap)
+                await _serve(app, port)
                 group.cancel_scope.cancel()
 
 
@@ -181,23 +256,34 @@ class Skeleton:
 
 async def _measure(
     bootstrap: str,
+    receiver_url: str,
     paths: dict[str, tuple[str, latency.Target]],
     samples: int,
     warm_floor: int,
     warm_changes: int,
 ) -> dict[str, list[float]]:
-    """Warm-up, then per sample: a floor round trip, then one change through each path."""
+    """Warm-up, then per sample: a floor round trip, the floor across two processes, then
+    one change through each path."""
     pause = latency.pause_for(1)
-    out: dict[str, list[float]] = {"floor": [], **{name: [] for name in paths}}
-    async with latency.Floor(bootstrap) as floor, latency.open_client("lean") as client:
+    out: dict[str, list[float]] = {
+        "floor": [], "floor_two_processes": [], **{name: [] for name in paths}
+    }  # fmt: skip
+    async with (
+        latency.Floor(bootstrap) as floor,
+        TwoProcessFloor(bootstrap, receiver_url) as two_processes,
+        latency.open_client("lean") as client,
+    ):
         for _ in range(warm_floor):
             await floor.round_trip()
         for _ in range(warm_changes):
+            await two_processes.hand_over(client)
             for exporter, target in paths.values():
                 await latency.watched_change(client, exporter, [target], pause)
         for _ in range(samples):
             await anyio.sleep(pause)
             out["floor"].append(await floor.round_trip())
+            await anyio.sleep(pause)
+            out["floor_two_processes"].append(await two_processes.hand_over(client))
             for name, (exporter, target) in paths.items():
                 change = await latency.watched_change(client, exporter, [target], pause)
                 out[name] += change.visible
@@ -211,7 +297,9 @@ def main() -> None:
     parser.add_argument("--warm-changes", type=int, default=latency.WARM_CHANGES)
     parser.add_argument("--no-agents", action="store_true", help="the skeleton alone")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--role", choices=["exporter", "importer"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--role", choices=["exporter", "importer", "receiver"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--kafka", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -225,15 +313,18 @@ def main() -> None:
         broker.wait_ready()
         running: list[Skeleton | Agent] = []
         try:
-            anyio.run(
-                lambda: kafka_client.create_topic(
-                    broker.bootstrap, TOPIC, compacted=True, configs=dict(topics.STREAM_CONFIG)
+            for topic in (TOPIC, FLOOR_TOPIC):
+                anyio.run(
+                    lambda topic=topic: kafka_client.create_topic(
+                        broker.bootstrap, topic, compacted=True, configs=dict(topics.STREAM_CONFIG)
+                    )
                 )
-            )
             exporter = Skeleton("exporter", broker.bootstrap, work / "skeleton-exporter.log")
             running.append(exporter)
             importer = Skeleton("importer", broker.bootstrap, work / "skeleton-importer.log")
             running.append(importer)
+            receiver = Skeleton("receiver", broker.bootstrap, work / "skeleton-receiver.log")
+            running.append(receiver)
             paths = {"skeleton": (exporter.url, (importer.url, "east"))}
             if not args.no_agents:
                 east = Agent("east", broker.bootstrap, work)
@@ -244,7 +335,7 @@ def main() -> None:
                 export(east, latency.SERVICE, ["west"])
                 paths["agents"] = (east.url, (west.url, "east"))
             samples = anyio.run(
-                _measure, broker.bootstrap, paths, args.changes, args.warm_floor,
+                _measure, broker.bootstrap, receiver.url, paths, args.changes, args.warm_floor,
                 args.warm_changes,
             )  # fmt: skip
         finally:
@@ -253,7 +344,7 @@ def main() -> None:
             broker.stop()
     floor = latency.summary(samples["floor"])
     report: dict[str, Any] = {"floor": floor}
-    for name in paths:
+    for name in ["floor_two_processes", *paths]:
         figures = latency.summary(samples[name])
         report[name] = {
             **figures,
@@ -268,7 +359,7 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     print(f"floor p50 {floor['p50_ms']} ms p99 {floor['p99_ms']} ms")
-    for name in paths:
+    for name in ["floor_two_processes", *paths]:
         row = report[name]
         ratio = row["ratio_p50_to_floor"]
         print(f"{name}: p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms, {ratio}x floor")
