@@ -14,6 +14,13 @@
   (the query is re-issued with the new X-Consul-Index if it returned without it).
 - polling (optional): the same change, seen by a client that re-reads
   ``/v1/health/service/bench?peer=P`` without ``index`` back to back until the port shows.
+- floor across two processes (optional, ``receiver``): the floor's record handed to another
+  process that slept since the last one, as a change between two clusters always is; that
+  process (bench/skeleton.py's receiver role: a ``read_batches`` consumer and nothing else)
+  notes the record's arrival on the machine's monotonic clock, which all processes share,
+  and the benchmark asks for that moment afterwards, off the clock. It does not wait for
+  the producer's acknowledgement, which the one-process floor does (with acks=all on one
+  broker it comes with the fetch answer).
 
 Conditions are the same for both figures: a warm-up (unmeasured floor round trips, then
 unmeasured changes) until the broker's JIT and both agents are in a steady state, then for
@@ -52,6 +59,8 @@ from agent.kafka_client import Batch
 Target = tuple[str, str]
 
 SERVICE = "bench"
+# The topic of the floor across two processes (the receiver process follows it).
+HANDOFF_TOPIC = "bench-handoff"
 FLOOR_KEY_BYTES = 32
 FLOOR_VALUE_BYTES = 330
 # Long enough for a steady state: after 200 round trips and 30 changes (the warm-up up to
@@ -125,6 +134,33 @@ class Floor:
         while not any(record.value == value for record in (await anext(self._batches)).records):
             pass
         return time.perf_counter() - started
+
+
+class TwoProcessFloor:
+    """The floor's record from this process to the receiver process at ``receiver_url``."""
+
+    def __init__(self, bootstrap: str, receiver_url: str) -> None:
+        self.bootstrap = bootstrap
+        self.receiver_url = receiver_url
+        self.key = os.urandom(FLOOR_KEY_BYTES)
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> TwoProcessFloor:
+        self._producer = await self._stack.enter_async_context(
+            kafka_client.producer(self.bootstrap)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def hand_over(self, client: Client) -> float:
+        """Seconds from the produce to the receiver having the record."""
+        value = os.urandom(FLOOR_VALUE_BYTES)
+        started = time.perf_counter()
+        await kafka_client.send(self._producer, HANDOFF_TOPIC, self.key, value)
+        arrived, _index = await client.get_json(f"{self.receiver_url}/arrived/{value.hex()}")
+        return float(arrived) - started
 
 
 def cpu_seconds(pid: int) -> float:
@@ -313,6 +349,7 @@ class Samples:
     """Seconds. ``propagation`` has one sample per (change, target)."""
 
     floor: list[float] = field(default_factory=list)
+    floor_two_processes: list[float] = field(default_factory=list)
     propagation: list[float] = field(default_factory=list)
     register: list[float] = field(default_factory=list)
     polling: list[float] = field(default_factory=list)
@@ -330,6 +367,11 @@ class Samples:
             out["floor"] = summary(self.floor)
             out["ratio_p50_to_floor"] = round(
                 out["propagation"]["p50_ms"] / out["floor"]["p50_ms"], 2
+            )
+        if self.floor_two_processes:
+            out["floor_two_processes"] = summary(self.floor_two_processes)
+            out["ratio_p50_to_floor_two_processes"] = round(
+                out["propagation"]["p50_ms"] / out["floor_two_processes"]["p50_ms"], 2
             )
         if self.polling:
             out["propagation_polling"] = summary(self.polling)
@@ -357,13 +399,16 @@ async def measure(
     polling: int = 0,
     client_kind: ClientKind = "lean",
     compare: ClientKind | None = None,
+    receiver: str | None = None,
 ) -> Samples:
     """Warm up, then ``samples`` times: pause, floor round trip; pause, watched change.
 
     Without ``bootstrap`` no floor is measured. With ``compare``, each sample also has a
     change watched through that client, right after, against the same floor samples (the
     floor moves with the machine's state over a run, so separate rounds do not compare).
-    ``polling`` changes (seen by polling clients) follow the interleaved ones.
+    With ``receiver`` (the URL of a receiver process, see bench/skeleton.py), each sample
+    also has the floor across two processes, after its own pause. ``polling`` changes (seen
+    by polling clients) follow the interleaved ones.
     """
     pause = pause_for(len(targets))
     out = Samples(compared_client=compare or "")
@@ -371,10 +416,15 @@ async def measure(
         floor = await stack.enter_async_context(Floor(bootstrap)) if bootstrap else None
         client = await stack.enter_async_context(open_client(client_kind))
         other = await stack.enter_async_context(open_client(compare)) if compare else None
+        handoff = None
+        if bootstrap and receiver:
+            handoff = await stack.enter_async_context(TwoProcessFloor(bootstrap, receiver))
         if floor is not None:
             for _ in range(warm_floor):
                 await floor.round_trip()
         for _ in range(warm_changes):
+            if handoff is not None:
+                await handoff.hand_over(client)
             await watched_change(client, exporter, targets, pause)
             if other is not None:
                 await watched_change(other, exporter, targets, pause)
@@ -382,6 +432,9 @@ async def measure(
             if floor is not None:
                 await anyio.sleep(pause)
                 out.floor.append(await floor.round_trip())
+            if handoff is not None:
+                await anyio.sleep(pause)
+                out.floor_two_processes.append(await handoff.hand_over(client))
             change = await watched_change(client, exporter, targets, pause)
             out.propagation += change.visible
             out.register.append(change.register)

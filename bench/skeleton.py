@@ -18,14 +18,11 @@ interleaved after the same warm-up. So the figures split the ratio to the floor 
 any design with two Python processes and HTTP on both ends pays (skeleton / floor), and what
 the agents' own work adds (agents / skeleton). Nothing is asserted.
 
-One more leg, interleaved too: the floor across two processes. The issue's floor produces
-and consumes in one process, which is awake from the produce to the consume; a change's
-path hands the record from one process to another that slept since the last change, as any
-two clusters must. Here the benchmark produces as for the floor, and a receiver process
-(aiokafka's consumer through ``read_batches``, nothing else) notes when each record reached
-it on the machine's monotonic clock, which all processes share; the benchmark asks for that
-moment afterwards, off the clock. It does not wait for the producer's acknowledgement, which
-the one-process floor does (with acks=all on one broker it comes with the fetch answer).
+One more leg, interleaved too: the floor across two processes (bench/latency.py). The
+issue's floor produces and consumes in one process, which is awake from the produce to the
+consume; a change's path hands the record from one process to another that slept since the
+last change, as any two clusters must. The receiver process of that floor is a role of this
+script too (``start_receiver``), and bench/suite.py starts one as well.
 """
 
 from __future__ import annotations
@@ -56,7 +53,6 @@ from agent.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 TOPIC = "bench-skeleton"
-FLOOR_TOPIC = "bench-skeleton-floor"
 # The importer's idle fetch wait at the benchmark's 1 s heartbeat (importer.idle_fetch_wait).
 IDLE_FETCH_WAIT = 0.5
 
@@ -149,8 +145,9 @@ class ImporterApp:
 
 
 class ReceiverApp:
-    """Follows the floor topic and notes when each record arrived; ``GET /arrived/<value in
-    hex>`` answers that moment (``time.perf_counter``), waiting for it if need be."""
+    """The receiver of the floor across two processes: follows its topic and notes when each
+    record arrived; ``GET /arrived/<value in hex>`` answers that moment
+    (``time.perf_counter``), waiting for it if need be."""
 
     def __init__(self) -> None:
         self.arrivals: dict[bytes, float] = {}
@@ -158,7 +155,7 @@ class ReceiverApp:
 
     async def follow(self, bootstrap: str) -> None:
         batches = kafka_client.read_batches(
-            bootstrap, FLOOR_TOPIC, stop_at_end=False, poll_interval=IDLE_FETCH_WAIT
+            bootstrap, latency.HANDOFF_TOPIC, stop_at_end=False, poll_interval=IDLE_FETCH_WAIT
         )
         async for batch in batches:
             now = time.perf_counter()  # first: what follows is off the clock
@@ -183,33 +180,6 @@ class ReceiverApp:
             await _answer(send, 200, body, [_JSON, (b"x-consul-index", b"0")])
         else:
             await _answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
-
-
-class TwoProcessFloor:
-    """The floor's record from this process to the receiver process (see the module doc)."""
-
-    def __init__(self, bootstrap: str, receiver_url: str) -> None:
-        self.bootstrap = bootstrap
-        self.receiver_url = receiver_url
-        self.key = os.urandom(latency.FLOOR_KEY_BYTES)
-        self._stack = AsyncExitStack()
-
-    async def __aenter__(self) -> TwoProcessFloor:
-        self._producer = await self._stack.enter_async_context(
-            kafka_client.producer(self.bootstrap)
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
-
-    async def hand_over(self, client: latency.Client) -> float:
-        """Seconds from the produce to the receiver having the record."""
-        value = os.urandom(latency.FLOOR_VALUE_BYTES)
-        started = time.perf_counter()
-        await kafka_client.send(self._producer, FLOOR_TOPIC, self.key, value)
-        arrived, _index = await client.get_json(f"{self.receiver_url}/arrived/{value.hex()}")
-        return float(arrived) - started
 
 
 async def _serve(app: Any, port: int) -> None:
@@ -254,6 +224,16 @@ class Skeleton:
         stop_process(self.process, 10)
 
 
+def start_receiver(bootstrap: str, log: Path) -> Skeleton:
+    """The receiver process of the floor across two processes, its topic created first."""
+    anyio.run(
+        lambda: kafka_client.create_topic(
+            bootstrap, latency.HANDOFF_TOPIC, compacted=True, configs=dict(topics.STREAM_CONFIG)
+        )
+    )
+    return Skeleton("receiver", bootstrap, log)
+
+
 async def _measure(
     bootstrap: str,
     receiver_url: str,
@@ -270,7 +250,7 @@ async def _measure(
     }  # fmt: skip
     async with (
         latency.Floor(bootstrap) as floor,
-        TwoProcessFloor(bootstrap, receiver_url) as two_processes,
+        latency.TwoProcessFloor(bootstrap, receiver_url) as two_processes,
         latency.open_client("lean") as client,
     ):
         for _ in range(warm_floor):
@@ -313,17 +293,16 @@ def main() -> None:
         broker.wait_ready()
         running: list[Skeleton | Agent] = []
         try:
-            for topic in (TOPIC, FLOOR_TOPIC):
-                anyio.run(
-                    lambda topic=topic: kafka_client.create_topic(
-                        broker.bootstrap, topic, compacted=True, configs=dict(topics.STREAM_CONFIG)
-                    )
+            anyio.run(
+                lambda: kafka_client.create_topic(
+                    broker.bootstrap, TOPIC, compacted=True, configs=dict(topics.STREAM_CONFIG)
                 )
+            )
             exporter = Skeleton("exporter", broker.bootstrap, work / "skeleton-exporter.log")
             running.append(exporter)
             importer = Skeleton("importer", broker.bootstrap, work / "skeleton-importer.log")
             running.append(importer)
-            receiver = Skeleton("receiver", broker.bootstrap, work / "skeleton-receiver.log")
+            receiver = start_receiver(broker.bootstrap, work / "skeleton-receiver.log")
             running.append(receiver)
             paths = {"skeleton": (exporter.url, (importer.url, "east"))}
             if not args.no_agents:

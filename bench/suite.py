@@ -13,7 +13,9 @@ Figures (medians; p99 where it is a latency; nothing is asserted):
   propagation samples alternate, each after the same pause, so both run under the same
   conditions (bench/latency.py, shared with bench/propagation.py). The watcher's HTTP client
   is bench/lean_http.py, with next to no cost of its own; each sample also has a change seen
-  through aiohttp, as a Python watcher sees it, against the same floor;
+  through aiohttp, as a Python watcher sees it, against the same floor; and the floor
+  across two processes (the floor's record handed to a receiver process that slept since
+  the last one, as between two clusters), with propagation's ratio to it;
 - throughput: a services file of N instances (N/10 services x 10) loaded on east until west
   imported all N; end to end (file load included) and on the stream alone (from west's first
   imported instance to its last); then every instance changed once (N updates);
@@ -54,6 +56,7 @@ from agent.wire.events import Heartbeat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency
+import skeleton
 import watchers
 from agents import Agent, establish, export
 
@@ -362,6 +365,11 @@ def table(report: dict[str, Any]) -> str:
         ("  of which the register PUT on east",
          f"p50 {report['register']['p50_ms']} ms, p99 {report['register']['p99_ms']} ms", ""),
     ]  # fmt: skip
+    if "floor_two_processes" in report:
+        handoff = report["floor_two_processes"]
+        rows.append(("  floor across two processes (produce -> another process has it)",
+                     f"p50 {handoff['p50_ms']} ms, p99 {handoff['p99_ms']} ms; propagation"
+                     f" {report['ratio_p50_to_floor_two_processes']:.2f}x it", ""))  # fmt: skip
     if "compared" in report:
         other = report["compared"]
         prop = other["propagation"]
@@ -460,6 +468,7 @@ def main() -> None:
         broker.start()
         broker.wait_ready()
         try:
+            receiver = skeleton.start_receiver(broker.bootstrap, work / "receiver.log")
             east = Agent("east", broker.bootstrap, work)
             west = Agent("west", broker.bootstrap, work)
             try:
@@ -470,7 +479,7 @@ def main() -> None:
                 samples = anyio.run(
                     lambda: latency.measure(
                         broker.bootstrap, east.url, [(west.url, "east")], changes,
-                        polling=polling, compare="aiohttp", **warm,
+                        polling=polling, compare="aiohttp", receiver=receiver.url, **warm,
                     )
                 )  # fmt: skip
                 progress(f"propagation with {WATCHERS} blocking queries open on each agent")
@@ -480,6 +489,7 @@ def main() -> None:
             finally:
                 east.stop()
                 west.stop()
+                receiver.stop()
             # floor, propagation, ratio_p50_to_floor, register, propagation_polling
             report.update(samples.report())
             report["latency_method"] = {
