@@ -25,9 +25,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import lean_http  # bench/ is on sys.path when a script here runs
+from agents import wait_until_serving
 from latency import summary
 
 from agent.devbroker import free_port
+from agent.processes import stop_process
 
 BODY = b'[{"Service":{"ID":"bench-1","Port":8080}}]'
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -64,20 +66,6 @@ async def serve(server: str, port: int) -> None:
         await Server(
             app, address="127.0.0.1", port=port, interface=Interfaces.ASGI, log_enabled=False
         ).serve()
-
-
-async def wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no server listening on {port}") from None
-            await asyncio.sleep(0.1)
-        else:
-            writer.close()
-            return
 
 
 async def measure(ports: dict[str, int], samples: int, pause: float) -> dict[str, list[float]]:
@@ -128,14 +116,12 @@ def main() -> None:
         for name, port in ports.items()
     ]
     try:
-        for port in ports.values():
-            asyncio.run(wait_listening(port))
+        for name, port in ports.items():
+            wait_until_serving(f"http://127.0.0.1:{port}", name)  # any GET answers 200
         times = asyncio.run(measure(ports, args.samples, args.pause_ms / 1000))
     finally:
         for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=10)
+            stop_process(proc, 10)
     for name, values in times.items():
         figures = summary(values)
         print(
