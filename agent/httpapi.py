@@ -514,35 +514,35 @@ class Api:
         """A read that may be a blocking query, answered when *its* answer changes.
 
         ``read()`` builds the answer (Structs, lists) from ``service`` (None: every service)
-        of ``peer``'s imported catalog (None: the local one). The catalog index moves on
-        every change of anything, so waiting for it alone answered every watcher of every
-        service on each change anywhere, and each came straight back with the new index. If
-        nothing has changed since the client's ``?index`` when it arrives, its answer now is
-        the one it already has: the query waits, woken only by the commits that may change
-        what it reads (``IndexNotifier.watch``), reads again and answers once its answer
-        differs, or when ``?wait`` ends (then the same body at the index reached, as Consul
-        does). A client behind the current index is answered at once, as before.
+        of ``peer``'s imported catalog (None: the local one). Its ``X-Consul-Index`` is the
+        last commit that may have changed it (``IndexNotifier.index_of``), not the catalog's
+        index, which moves on every change of anything. If nothing has changed since the
+        client's ``?index``, its answer now is the one it already has: the query waits, woken
+        only by the commits that may change what it reads (``IndexNotifier.watch``), reads
+        again and answers once its answer differs, or when ``?wait`` ends (then the same
+        body, as Consul does). A client behind this answer's index is answered at once.
         """
         wanted = self.blocking_params(request)
         # Subscribed before the index and the read: a commit after either still wakes it.
         woken = self.notifier.watch(peer, service) if wanted is not None else None
-        index = self.catalog_index()  # before the read: the data is at least as new
+        # Before the read: the data is at least as new. This answer's own index, not the
+        # catalog's: commits elsewhere do not put its watchers behind (notifier.AnswerIndexes).
+        index = self.notifier.index_of(peer, service)
         body = _encoder.encode(read())
         if wanted is not None and woken is not None and index <= wanted[0]:
             with anyio.move_on_after(wanted[1]) as waited:
                 while not self.notifier.closed:
                     await woken.wait()
                     woken = self.notifier.watch(peer, service)
-                    index = self.catalog_index()
+                    index = self.notifier.index_of(peer, service)
                     fresh = _encoder.encode(read())
                     if fresh != body:
                         body = fresh
                         break
             if waited.cancelled_caught:
-                # The wait ran out: the answer at the index reached meanwhile (commits on
-                # other services moved it without waking this query), read again only if a
-                # commit of its own came with the timeout.
-                index = self.catalog_index()
+                # The wait ran out: the same answer at the same index (as Consul does), read
+                # again only if a commit of its own came with the timeout.
+                index = self.notifier.index_of(peer, service)
                 if woken.is_set():
                     body = _encoder.encode(read())
         return index_answer(body, index)

@@ -8,6 +8,13 @@ So each commit says what it may have changed (``Wake``: whose catalog, which ser
 query subscribes to what its answer reads (``IndexNotifier.watch``). A commit that cannot
 say wakes everyone, as before; a query still compares its answer before answering, so a
 wake-up too many costs a read, never a wrong answer.
+
+The same knowledge gives each answer its own ``X-Consul-Index`` (``AnswerIndexes``): the
+index of the last commit that may have changed it, as Consul's per-service indexes do. With
+the catalog's index instead, a watcher whose next request arrived after a commit on any
+other service was behind and answered at once; when commits elsewhere came faster than a
+watcher's round trip, every watcher of every service spun without waiting (hashicorp/consul
+#3890 is the same trap).
 """
 
 from __future__ import annotations
@@ -66,6 +73,60 @@ class Change(NamedTuple):
     wake: Wake | None = None
 
 
+# Services remembered per catalog before that catalog's entries are folded into one index
+# (every watcher of it then answers once more): bounds the memory of a catalog whose service
+# names keep changing.
+MAX_TRACKED_SERVICES = 100_000
+
+
+class AnswerIndexes:
+    """The index of the last commit that may have changed each answer: whose catalog (``peer``
+    None: the local one), which service (None: any of that catalog).
+
+    Pure bookkeeping, fed the same ``Change`` that wakes the queries, so an answer's index
+    moves exactly when its queries are woken. It starts at the index the agent started from
+    (nothing before it is remembered: every answer is as new as that), never goes back and is
+    at least 1 (Consul's rule: a client must never be handed index 0 to wait on).
+    """
+
+    def __init__(self, start: int = 0, max_tracked: int = MAX_TRACKED_SERVICES) -> None:
+        self._everything = start  # the last commit that could not say what it changed
+        self._any_service: dict[str | None, int] = {}  # the last commit in each catalog
+        self._whole_catalog: dict[str | None, int] = {}  # ... that changed all of it
+        self._by_service: dict[str | None, dict[str, int]] = {}
+        self._max_tracked = max_tracked
+
+    def of(self, peer: str | None, service: str | None) -> int:
+        """The index to answer a read of ``service`` (None: any) of ``peer``'s catalog with."""
+        if service is None:
+            return max(1, self._everything, self._any_service.get(peer, 0))
+        by_service = self._by_service.get(peer)
+        named = by_service.get(service, 0) if by_service is not None else 0
+        return max(1, self._everything, self._whole_catalog.get(peer, 0), named)
+
+    def record(self, change: Change) -> None:
+        index, wake = change.catalog_index, change.wake
+        if wake is None:
+            self._everything = max(self._everything, index)
+            # Every remembered index is now at most this one: forget them.
+            self._any_service.clear()
+            self._whole_catalog.clear()
+            self._by_service.clear()
+            return
+        peer = wake.peer
+        self._any_service[peer] = max(self._any_service.get(peer, 0), index)
+        if wake.services is None:
+            self._whole_catalog[peer] = max(self._whole_catalog.get(peer, 0), index)
+            self._by_service.pop(peer, None)  # each of them is at most this one now
+            return
+        by_service = self._by_service.setdefault(peer, {})
+        for name in wake.services:
+            by_service[name] = max(by_service.get(name, 0), index)
+        if len(by_service) > self._max_tracked:
+            self._whole_catalog[peer] = max(self._whole_catalog.get(peer, 0), *by_service.values())
+            del self._by_service[peer]
+
+
 class IndexNotifier:
     """Wakes blocking queries when the catalog index moves.
 
@@ -73,8 +134,9 @@ class IndexNotifier:
     writes commit in worker threads) and hops onto the loop (``on_loop``).
     """
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, max_tracked_services: int = MAX_TRACKED_SERVICES) -> None:
         self._index = index
+        self._answers = AnswerIndexes(index, max_tracked_services)
         self._event: anyio.Event | None = None
         # peer (None: local) -> service (None: any) -> the event its queries wait on.
         self._watches: dict[str | None, dict[str | None, anyio.Event]] = {}
@@ -85,6 +147,13 @@ class IndexNotifier:
     def index(self) -> int:
         return self._index
 
+    def index_of(self, peer: str | None, service: str | None) -> int:
+        """The ``X-Consul-Index`` of a read of ``service`` (None: any) of ``peer``'s catalog
+        (None: the local one): the last commit that may have changed it (``AnswerIndexes``).
+        Take it before reading, as the catalog's index: the data read is then at least as new.
+        """
+        return self._answers.of(peer, service)
+
     @property
     def closed(self) -> bool:
         """The agent is stopping: waiters are released and nothing will wake them again."""
@@ -94,6 +163,7 @@ class IndexNotifier:
         """Attach to the running event loop, starting from the store's current index."""
         self._notify_on_loop = on_loop(self._wake)
         self._index = max(self._index, index)
+        self._answers.record(Change(self._index))  # every answer is as new as the store
 
     def notify(self, change: Change) -> None:
         """Record that the index reached ``change.catalog_index`` and wake whom it concerns."""
@@ -114,6 +184,7 @@ class IndexNotifier:
 
     def _wake(self, change: Change) -> None:
         self._index = max(self._index, change.catalog_index)
+        self._answers.record(change)
         if self._event is not None:
             self._event.set()
             self._event = None

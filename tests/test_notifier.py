@@ -1,10 +1,13 @@
-"""Blocking queries are woken by the commits that may change their answer, and only those."""
+"""Blocking queries are woken by the commits that may change their answer, and only those;
+each answer's X-Consul-Index moves with exactly those commits."""
 
 from __future__ import annotations
 
 import anyio
+from hypothesis import given
+from hypothesis import strategies as st
 
-from agent.notifier import LOCAL, Change, IndexNotifier, Wake, imported
+from agent.notifier import LOCAL, AnswerIndexes, Change, IndexNotifier, Wake, imported
 
 
 def _woken(notifier: IndexNotifier, change: Change) -> set[tuple[str | None, str | None]]:
@@ -88,3 +91,72 @@ def test_a_change_from_a_worker_thread_wakes_on_the_loop() -> None:
         assert notifier.index == 2
 
     anyio.run(main)
+
+
+KEYS = [(None, "web"), (None, None), ("east", "web"), ("east", "db"), ("east", None)]
+KEYS.append(("west", "web"))
+
+
+def test_an_answer_index_moves_only_with_its_own_changes() -> None:
+    indexes = AnswerIndexes(start=10)
+    assert {indexes.of(*key) for key in KEYS} == {10}
+    indexes.record(Change(11, imported("east", ["web"])))
+    assert indexes.of("east", "web") == indexes.of("east", None) == 11
+    assert indexes.of("east", "db") == indexes.of(None, "web") == indexes.of("west", "web") == 10
+    indexes.record(Change(12, LOCAL))  # a local write that cannot name its services
+    assert indexes.of(None, "web") == indexes.of(None, None) == 12
+    assert indexes.of("east", "web") == 11
+    indexes.record(Change(13, imported("east")))  # the whole peer, e.g. a resync
+    assert indexes.of("east", "db") == indexes.of("east", "web") == 13
+    indexes.record(Change(14))  # cannot say: every answer moves
+    assert {indexes.of(*key) for key in KEYS} == {14}
+
+
+def test_an_answer_index_is_never_zero() -> None:
+    """Consul's rule: index 0 would make a client's next query return at once, forever."""
+    assert AnswerIndexes().of("east", "web") == 1
+    assert AnswerIndexes().of(None, None) == 1
+
+
+def test_too_many_services_fold_into_one_index_of_their_catalog() -> None:
+    indexes = AnswerIndexes(start=1, max_tracked=2)
+    indexes.record(Change(2, imported("east", ["a"])))
+    indexes.record(Change(3, imported("east", ["b"])))
+    assert indexes.of("east", "a") == 2
+    indexes.record(Change(4, imported("east", ["c"])))
+    # Folded: every service of east answers with the newest of them (one spurious wake-up
+    # for their watchers, never an index older than a change they have not seen).
+    assert indexes.of("east", "a") == indexes.of("east", "b") == indexes.of("east", "z") == 4
+    assert indexes.of("west", "a") == 1
+
+
+_wakes = st.one_of(
+    st.none(),
+    st.builds(Wake, st.sampled_from([None, "east", "west"]), st.none()),
+    st.builds(
+        Wake,
+        st.sampled_from([None, "east", "west"]),
+        st.frozensets(st.sampled_from(["web", "db", "api"]), min_size=1),
+    ),
+)
+
+
+@given(st.lists(_wakes, max_size=12), st.integers(1, 3))
+def test_an_answer_index_moves_exactly_when_its_watchers_are_woken(
+    wakes: list[Wake | None], max_tracked: int
+) -> None:
+    """Whatever the commits, a watcher is woken if and only if its answer's index moved, and
+    the index never goes back: a client waiting on it can miss no change it could see."""
+    notifier = IndexNotifier(index=5, max_tracked_services=max_tracked)  # small: folds often
+    for step, wake in enumerate(wakes, start=6):
+        before = {key: notifier.index_of(*key) for key in KEYS}
+        events = {key: notifier.watch(*key) for key in KEYS}
+        notifier.notify(Change(step, wake))
+        for key in KEYS:
+            after = notifier.index_of(*key)
+            assert after >= before[key]
+            if events[key].is_set():
+                assert after == step, key
+            elif after != before[key]:
+                # Only folding may move an index without a wake-up, never backwards.
+                assert max_tracked < 3, key
