@@ -34,15 +34,26 @@ from agent.processes import stop_process
 
 
 async def hold(url: str, count: int, query: str) -> None:
-    """Keep ``count`` blocking queries open (the ``--hold`` process)."""
+    """Keep ``count`` blocking queries open (the ``--hold`` process), as Prometheus' Consul
+    service discovery does: each watcher asks again with the index of its last answer."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
 
         async def watch(k: int) -> None:
             base = f"{url}/v1/health/service/svc-{k}?{query}"
-            index = (await client.get(base)).headers["X-Consul-Index"]
+            index: str | None = None
             while True:
-                answer = await client.get(f"{base}&index={index}&wait=60s")
+                try:
+                    answer = await client.get(
+                        base if index is None else f"{base}&index={index}&wait=60s"
+                    )
+                except httpx.TransportError as exc:
+                    # A pooled connection the agent closed after its keep-alive timeout, just
+                    # as this request went out on it: ask again on another, as Go's HTTP
+                    # client under Prometheus does for an idempotent request.
+                    print(f"svc-{k}: {exc!r}, asking again", file=sys.stderr, flush=True)
+                    await asyncio.sleep(0.1)
+                    continue
                 index = answer.headers["X-Consul-Index"]
 
         await asyncio.gather(*(watch(k) for k in range(count)))
@@ -81,9 +92,14 @@ def holding(url: str, count: int, query: str) -> Iterator[None]:
     holder = subprocess.Popen([sys.executable, __file__, "--hold", url, str(count), query])
     try:
         deadline = time.monotonic() + 10
-        while not open_queries(url) >= count and time.monotonic() < deadline:
+        while (opened := open_queries(url)) < count:
+            if time.monotonic() > deadline or holder.poll() is not None:
+                raise RuntimeError(f"only {opened:.0f} of {count} blocking queries open at {url}")
             time.sleep(0.1)
         yield
+        # A figure "with N queries open" must not come from fewer: the holder must still run.
+        if holder.poll() is not None:
+            raise RuntimeError(f"the process holding {count} queries at {url} stopped early")
     finally:
         stop_process(holder, 10)
 
