@@ -109,3 +109,38 @@ def test_sigterm_stops_a_peered_agent_within_five_seconds(
     assert not blocking.is_alive()
     # Nothing failed on the way down: a clean stop, not a crash of a child task.
     assert "failed" not in west.log().split("received SIGTERM")[-1]
+
+
+def test_an_imported_services_index_stays_while_another_one_changes(
+    kafka: DevBroker, agent_factory: AgentFactory
+) -> None:
+    """`?peer=` answers have their own X-Consul-Index too: imports of another service from
+    the same peer leave a watcher of this one waiting (not answered at once as behind)."""
+    import time
+
+    east, west = peered_pair(agent_factory, kafka.bootstrap)
+    register(east, "web-1", "web", 8080)
+    register(east, "api-1", "api", 9090)
+    export(east, {"web": ["west"], "api": ["west"]})
+    wait_for("web and api on west", lambda: len(imported(west, "api", "east")) == 1)
+    wait_for("web on west", lambda: len(imported(west, "web", "east")) == 1)
+
+    def index_of(path: str) -> int:
+        answer = httpx.get(f"{west.url}{path}", params={"peer": "east"}, timeout=5)
+        return int(answer.headers["X-Consul-Index"])
+
+    web = index_of("/v1/health/service/web")
+    services = index_of("/v1/catalog/services")
+    register(east, "api-2", "api", 9091)
+    wait_for("api-2 on west", lambda: len(imported(west, "api", "east")) == 2)
+    assert index_of("/v1/health/service/web") == web
+    assert index_of("/v1/catalog/services") > services  # lists api, which changed
+    started = time.monotonic()
+    answer = httpx.get(
+        f"{west.url}/v1/health/service/web",
+        params={"peer": "east", "index": web, "wait": "500ms"},
+        timeout=10,
+    )
+    assert time.monotonic() - started >= 0.45  # it waited for its ?wait
+    assert int(answer.headers["X-Consul-Index"]) == web
+    assert [entry["Service"]["ID"] for entry in answer.json()] == ["web-1"]
