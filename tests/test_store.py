@@ -460,6 +460,10 @@ def test_random_writes_keep_the_exported_view_and_feed_exact(store: Store) -> No
             assert store.exported_view(peer) == full.get(peer, {})
         owned = sorted((c.CheckID, i.ID) for i in store.instances() for c in i.Checks)
         assert sorted((c.CheckID, c.ServiceID) for c in store.checks()) == owned
+        for name in names:  # read through the name's index, which same-name writes skip
+            assert [i.ID for i in store.instances(name)] == sorted(
+                i.ID for i in store.instances() if i.Name == name
+            )
     for peer in peers:
         replayed: dict[str, ServiceInstance] = {}
         for row in store.exported_changes(peer, limit=100_000):
