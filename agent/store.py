@@ -41,10 +41,10 @@ from agent.model import CheckStatus, HealthCheck, ServiceInstance
 from agent.notifier import LOCAL, Change, Wake, imported
 from agent.store_peering import (
     PEERING_SCHEMA,
-    UPSERT_IMPORTED,
     PeeringTables,
     Touched,
     _wire_to_local,
+    upsert_imported,
 )
 
 Source = Literal["api", "file"]
@@ -718,7 +718,7 @@ class Store(PeeringTables):
                     "SELECT body FROM imported WHERE peer = ? AND key = ?", (peer, key)
                 ).fetchone()
                 if row is None or bytes(row[0]) != body:
-                    conn.execute(UPSERT_IMPORTED, (peer, key, inst.Name, body))
+                    upsert_imported(conn, peer, key, inst.Name, body)
                     changed = True
             for key in rems:
                 cur = conn.execute("DELETE FROM imported WHERE peer = ? AND key = ?", (peer, key))
@@ -1131,7 +1131,7 @@ def _refresh_exported(
             upserted.append((change.Peer, change.Key, change.Instance.Name, body))
             feed.append((change.Peer, change.Key, body, now))
     conn.executemany("DELETE FROM exported_current WHERE peer = ? AND key = ?", removed)
-    # An upsert, not INSERT OR REPLACE: see UPSERT_IMPORTED.
+    # An upsert, not INSERT OR REPLACE: see store_peering.upsert_imported.
     conn.executemany(
         "INSERT INTO exported_current (peer, key, name, body) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (peer, key) DO UPDATE SET name = excluded.name, body = excluded.body",

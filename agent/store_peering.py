@@ -45,11 +45,22 @@ CREATE TABLE IF NOT EXISTS import_cursor (
 """
 
 # Upserts update a row in place where INSERT OR REPLACE deletes and reinserts it, rewriting
-# a page of every index as well: a register's commit wrote 9-10 pages, an import's 6-7.
-UPSERT_IMPORTED = (
+# a page of every index as well: a register's commit wrote 9-10 pages, an import's 6-7. And
+# a column in the SET rewrites its index entry even for the same value, so the name (in
+# imported_by_service) is set only by the rename below, for the rare instance that moved.
+_UPSERT_IMPORTED_SAME_NAME = (
     "INSERT INTO imported (peer, key, name, body) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (peer, key) DO UPDATE SET name = excluded.name, body = excluded.body"
+    " ON CONFLICT (peer, key) DO UPDATE SET body = excluded.body WHERE name = excluded.name"
 )
+_RENAME_IMPORTED = "UPDATE imported SET name = ?, body = ? WHERE peer = ? AND key = ?"
+
+
+def upsert_imported(conn: sqlite3.Connection, peer: str, key: str, name: str, body: bytes) -> None:
+    """Insert or update one imported instance, rewriting its name's index entry only if
+    the name changed."""
+    if conn.execute(_UPSERT_IMPORTED_SAME_NAME, (peer, key, name, body)).rowcount == 0:
+        conn.execute(_RENAME_IMPORTED, (name, body, peer, key))  # stored under another name
+
 
 _encoder = msgspec.json.Encoder()
 _record_decoder = msgspec.json.Decoder(PeeringRecord)
@@ -325,9 +336,8 @@ class PeeringTables:
             if replace_all:
                 changed = conn.execute("DELETE FROM imported WHERE peer = ?", (peer,)).rowcount > 0
             for inst in ups:
-                conn.execute(
-                    UPSERT_IMPORTED,
-                    (peer, catalog.instance_key(inst), inst.Name, _encoder.encode(inst)),
+                upsert_imported(
+                    conn, peer, catalog.instance_key(inst), inst.Name, _encoder.encode(inst)
                 )
                 changed = True
             for key in removed:
