@@ -1006,7 +1006,7 @@ def _put_instances(
     owners = {check: sid for check, sid in owners.items() if sid not in batch}
     # A column in an upsert's SET rewrites its index entries even when the value is the same
     # (SQLite does not compare): rows whose indexed columns stay go through UPDATEs that
-    # leave them out, which halves the pages an update of a services file rewrites.
+    # leave them out, so the name's and the checks' indexes are not rewritten for them.
     rows: list[tuple[str, str, str, bytes, int, int]] = []
     same_name_rows: list[tuple[str, bytes, int, str]] = []
     check_rows: list[tuple[str, str, int, bytes, float | None]] = []
