@@ -495,21 +495,13 @@ class Api:
                 raise ApiError(400, str(exc)) from None
         return int(raw), min(wait, MAX_WAIT_SECONDS)
 
-    async def block(self, request: Request) -> None:
-        """Consul blocking query: wait until the index passes ``?index`` or ``?wait`` ends."""
-        wanted = self.blocking_params(request)
-        if wanted is None:
-            return
-        index, wait = wanted
-        with anyio.move_on_after(wait):
-            await self.notifier.wait_beyond(index)
-
     async def answer_blocking(
         self,
         request: Request,
         read: Callable[[], Any],
         peer: str | None = None,
         service: str | None = None,
+        answer_index: Callable[[], int] | None = None,
     ) -> Answer:
         """A read that may be a blocking query, answered when *its* answer changes.
 
@@ -521,20 +513,23 @@ class Api:
         only by the commits that may change what it reads (``IndexNotifier.watch``), reads
         again and answers once its answer differs, or when ``?wait`` ends (then the same
         body, as Consul does). A client behind this answer's index is answered at once.
+        ``answer_index`` replaces the index of ``peer``/``service`` (a config entry's).
         """
+        if answer_index is None:
+            answer_index = partial(self.notifier.index_of, peer, service)
         wanted = self.blocking_params(request)
         # Subscribed before the index and the read: a commit after either still wakes it.
         woken = self.notifier.watch(peer, service) if wanted is not None else None
         # Before the read: the data is at least as new. This answer's own index, not the
         # catalog's: commits elsewhere do not put its watchers behind (notifier.AnswerIndexes).
-        index = self.notifier.index_of(peer, service)
+        index = answer_index()
         body = _encoder.encode(read())
         if wanted is not None and woken is not None and index <= wanted[0]:
             with anyio.move_on_after(wanted[1]) as waited:
                 while not self.notifier.closed:
                     await woken.wait()
                     woken = self.notifier.watch(peer, service)
-                    index = self.notifier.index_of(peer, service)
+                    index = answer_index()
                     fresh = _encoder.encode(read())
                     if fresh != body:
                         body = fresh
@@ -542,16 +537,10 @@ class Api:
             if waited.cancelled_caught:
                 # The wait ran out: the same answer at the same index (as Consul does), read
                 # again only if a commit of its own came with the timeout.
-                index = self.notifier.index_of(peer, service)
+                index = answer_index()
                 if woken.is_set():
                     body = _encoder.encode(read())
         return index_answer(body, index)
-
-    def catalog_index(self) -> int:
-        """The index to answer with, taken before the data is read: the notifier's, which
-        moves after each commit (so the data read next is at least as new) and costs no read
-        transaction on a blocking query's way to its answer."""
-        return self.notifier.index
 
     def peer_param(self, request: Request) -> str | None:
         peer = request.query_params.get("peer")
@@ -804,14 +793,17 @@ class Api:
         if name != catalog.EXPORTED_SERVICES_NAME:
             raise ApiError(404, f"config entry not found for {kind!r} / {name!r}")
 
-    async def config_get(self, request: Request) -> Response:
+    async def config_get(self, request: Request) -> Answer:
+        """The entry, as a blocking query too (consul-template and the like watch it): it
+        waits until the entry itself changes, not for any commit; a missing entry is a 404
+        once the wait is over, as in Consul."""
         self._config_path(request)
-        await self.block(request)
-        index = self.catalog_index()
-        entry = self.store.exported_services()
-        if entry is None:
+        answer = await self.answer_blocking(
+            request, self.store.exported_services, answer_index=self.notifier.config_index
+        )
+        if answer[1] == b"null":
             raise ApiError(404, "config entry not found for 'exported-services' / 'default'")
-        return json_response(entry, index=index)
+        return answer
 
     async def config_delete(self, request: Request) -> Response:
         self._config_path(request)
@@ -840,7 +832,7 @@ class Api:
             Route("/v1/agent/check/update/{check_id}", self.check_update, methods=["PUT"]),
             Route("/v1/agent/self", self.agent_self, methods=["GET"]),
             Route("/v1/config", self.config_put, methods=["PUT"]),
-            Route("/v1/config/{kind}/{name}", self.config_get, methods=["GET"]),
+            Route("/v1/config/{kind}/{name}", RawEndpoint(self.config_get), methods=["GET"]),
             Route("/v1/config/{kind}/{name}", self.config_delete, methods=["DELETE"]),
             Route("/v1/exported-services", RawEndpoint(self.exported_services), methods=["GET"]),
             Route("/v1/catalog/services", RawEndpoint(self.catalog_services), methods=["GET"]),

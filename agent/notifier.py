@@ -104,6 +104,11 @@ class AnswerIndexes:
         named = by_service.get(service, 0) if by_service is not None else 0
         return max(1, self._everything, self._whole_catalog.get(peer, 0), named)
 
+    def of_whole(self, peer: str | None) -> int:
+        """The index of the last commit that may have changed every answer of ``peer``'s
+        catalog: for the local one, what a config entry's answer can change with."""
+        return max(1, self._everything, self._whole_catalog.get(peer, 0))
+
     def record(self, change: Change) -> None:
         index, wake = change.catalog_index, change.wake
         if wake is None:
@@ -137,7 +142,6 @@ class IndexNotifier:
     def __init__(self, index: int = 0, max_tracked_services: int = MAX_TRACKED_SERVICES) -> None:
         self._index = index
         self._answers = AnswerIndexes(index, max_tracked_services)
-        self._event: anyio.Event | None = None
         # peer (None: local) -> service (None: any) -> the event its queries wait on.
         self._watches: dict[str | None, dict[str | None, anyio.Event]] = {}
         self._notify_on_loop: Callable[[Change], None] = self._wake  # until bound to a loop
@@ -153,6 +157,11 @@ class IndexNotifier:
         Take it before reading, as the catalog's index: the data read is then at least as new.
         """
         return self._answers.of(peer, service)
+
+    def config_index(self) -> int:
+        """The ``X-Consul-Index`` of a config entry: config changes are whole-catalog writes
+        of the local catalog (``LOCAL``), registrations of named services are not."""
+        return self._answers.of_whole(None)
 
     @property
     def closed(self) -> bool:
@@ -185,9 +194,6 @@ class IndexNotifier:
     def _wake(self, change: Change) -> None:
         self._index = max(self._index, change.catalog_index)
         self._answers.record(change)
-        if self._event is not None:
-            self._event.set()
-            self._event = None
         wake = change.wake
         if wake is None:
             woken = [
@@ -212,11 +218,3 @@ class IndexNotifier:
         """Release every waiter now and from now on (the agent is stopping: answer, don't hang)."""
         self._closed = True
         self._wake(Change(self._index))
-
-    async def wait_beyond(self, index: int) -> int:
-        """Return once the index is greater than ``index`` (callers bound it with a timeout)."""
-        while self._index <= index and not self._closed:
-            if self._event is None:
-                self._event = anyio.Event()
-            await self._event.wait()
-        return self._index

@@ -331,6 +331,41 @@ def test_blocking_query_waits_for_its_own_answer_to_change(
     assert [e["Service"]["Port"] for e in r.json()] == [2]
 
 
+def test_a_config_entry_watcher_waits_for_the_entry_to_change(
+    http: httpx.Client, agent_module: AgentProcess
+) -> None:
+    """A blocking read of the exported-services entry is not answered by a registration
+    (which moves the catalog's index and the exported view), only by a change of the entry;
+    its index moves with the entry alone."""
+    entry = {
+        "Kind": "exported-services",
+        "Services": [{"Name": "cw", "Consumers": [{"Peer": "beta"}]}],
+    }
+    assert http.put("/v1/config", json=entry).status_code == 200
+    index = int(http.get("/v1/config/exported-services/default").headers["X-Consul-Index"])
+    changed: dict[str, object] = {
+        **entry,
+        "Services": [{"Name": "cw", "Consumers": [{"Peer": "gamma"}]}],
+    }
+    changes: list[tuple[str, str, dict[str, object] | None]] = [
+        ("PUT", "/v1/agent/service/register", {"Name": "cw", "ID": "cw-1"}),
+        ("PUT", "/v1/config", changed),
+    ]
+    blocked, r = anyio.run(
+        _blocked_until,
+        agent_module.url,
+        f"/v1/config/exported-services/default?index={index}&wait=20s",
+        changes,
+    )
+    assert blocked[0]
+    assert r.json()["Services"] == changed["Services"]
+    assert int(r.headers["X-Consul-Index"]) > index
+    register(http, {"Name": "cw", "ID": "cw-1", "Port": 2})
+    assert int(http.get("/v1/config/exported-services/default").headers["X-Consul-Index"]) == int(
+        r.headers["X-Consul-Index"]
+    )
+
+
 def test_blocking_query_with_a_filter_waits_for_the_filtered_answer(
     http: httpx.Client, agent_module: AgentProcess
 ) -> None:

@@ -185,10 +185,10 @@ def _read_when_woken(
     async def scenario() -> None:
         notifier.bind(store.index)
         store.set_on_change(notifier.notify)
-        index = notifier.index
+        woken = notifier.watch("east", "web")
 
         async def blocking_query() -> None:
-            await notifier.wait_beyond(index)
+            await woken.wait()
             seen.append([i.Port for i in store.imported_instances("east", "web")])
 
         async with anyio.create_task_group() as group:

@@ -58,23 +58,17 @@ def test_a_woken_subscription_is_spent_and_the_next_one_waits_for_the_next_chang
     assert notifier.index == 3  # the index moves with every change
 
 
-def test_close_releases_every_watcher_and_old_style_waiters() -> None:
+def test_close_releases_every_watcher() -> None:
     async def main() -> None:
         notifier = IndexNotifier(index=7)
         notifier.bind(7)
         events = [notifier.watch("east", "web"), notifier.watch(None, None)]
-        got: list[int] = []
-
-        async def old_style() -> None:
-            got.append(await notifier.wait_beyond(7))
-
         with anyio.fail_after(5):
             async with anyio.create_task_group() as group:
-                group.start_soon(old_style)
+                for event in events:
+                    group.start_soon(event.wait)
                 await anyio.sleep(0.01)
                 notifier.close()
-        assert all(event.is_set() for event in events)
-        assert got == [7]
         assert notifier.closed
 
     anyio.run(main)
@@ -160,3 +154,14 @@ def test_an_answer_index_moves_exactly_when_its_watchers_are_woken(
             elif after != before[key]:
                 # Only folding may move an index without a wake-up, never backwards.
                 assert max_tracked < 3, key
+
+
+def test_a_config_entry_index_moves_with_whole_catalog_changes_only() -> None:
+    indexes = AnswerIndexes(start=3)
+    indexes.record(Change(4, Wake(None, frozenset({"web"}))))  # a register
+    indexes.record(Change(5, imported("east")))  # a swap of what east exports here
+    assert indexes.of_whole(None) == 3
+    indexes.record(Change(6, LOCAL))  # a config change
+    assert indexes.of_whole(None) == 6
+    indexes.record(Change(7))
+    assert indexes.of_whole(None) == 7

@@ -380,9 +380,11 @@ def test_notifier_wakes_waiter_from_worker_thread(tmp_path: Path) -> None:
         s.set_on_change(notifier.notify)
         start = s.index
         woke: list[int] = []
+        woken = notifier.watch(None, "web")
 
         async def waiter() -> None:
-            woke.append(await notifier.wait_beyond(start))
+            await woken.wait()
+            woke.append(notifier.index_of(None, "web"))
 
         try:
             with anyio.fail_after(5):

@@ -206,10 +206,10 @@ def test_an_import_reaches_the_queries_it_woke_before_its_commit_and_bookkeeping
             observe(*args)
 
         importer._observe = bookkeeping  # type: ignore[method-assign]
-        index = store.index
+        woken = notifier.watch("east", "web")
 
         async def blocking_query() -> None:
-            await notifier.wait_beyond(index)
+            await woken.wait()
             answer = len(store.imported_instances("east", "web"))
             order.append(f"query answered {answer}, committed {_committed(store)}")
 
@@ -242,10 +242,11 @@ def test_an_importer_cancelled_between_its_stage_and_its_commit_leaves_no_trace(
 
     async def scenario() -> None:
         importer, notifier = _importer_on_loop(store, record)
-        index = store.index
+        woken = notifier.watch("east", None)
 
         async def cancel_when_woken(group: anyio.abc.TaskGroup) -> None:
-            seen.append(await notifier.wait_beyond(index))
+            await woken.wait()
+            seen.append(notifier.index)
             seen.append(len(store.imported_instances("east")))
             group.cancel_scope.cancel()
 
