@@ -133,7 +133,8 @@ class AnswerIndexes:
 
 
 class IndexNotifier:
-    """Wakes blocking queries when the catalog index moves.
+    """Follows the catalog index, wakes the blocking queries a commit may concern and keeps
+    each answer's own index (``AnswerIndexes``).
 
     ``bind`` runs inside the event loop; ``notify`` may then be called from any thread (bulk
     writes commit in worker threads) and hops onto the loop (``on_loop``).
