@@ -100,9 +100,8 @@ class AnswerIndexes:
         """The index to answer a read of ``service`` (None: any) of ``peer``'s catalog with."""
         if service is None:
             return max(1, self._everything, self._any_service.get(peer, 0))
-        by_service = self._by_service.get(peer)
-        named = by_service.get(service, 0) if by_service is not None else 0
-        return max(1, self._everything, self._whole_catalog.get(peer, 0), named)
+        named = self._by_service.get(peer, {}).get(service, 0)
+        return max(self.of_whole(peer), named)
 
     def of_whole(self, peer: str | None) -> int:
         """The index of the last commit that may have changed every answer of ``peer``'s
