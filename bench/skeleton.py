@@ -1,7 +1,8 @@
 """The thinnest agent pair a change could cross: how close to the floor two Python processes
 with HTTP on both ends can get on this machine, next to the real agents in the same run.
 
-    .venv/bin/python bench/skeleton.py [--changes 300] [--no-agents] [--json FILE]
+    .venv/bin/python bench/skeleton.py [--changes 300] [--no-agents] [--essentials
+                                        [--essentials-without write,fsync,commit]] [--json FILE]
 
 The skeleton is two processes on the agents' own stack (anyio on uvloop, uvicorn with
 httptools, the agent's Kafka producer and ``read_batches`` consumer) with nothing of the
@@ -17,6 +18,15 @@ figure, with the floor, a change through the skeleton and a change through the a
 interleaved after the same warm-up. So the figures split the ratio to the floor in two: what
 any design with two Python processes and HTTP on both ends pays (skeleton / floor), and what
 the agents' own work adds (agents / skeleton). Nothing is asserted.
+
+With ``--essentials``, a third pair between the two (bench/essentials.py): the skeleton plus
+only the work the design cannot do without (validation, the store's durable write with its
+exported view and feed, sealing, the fsync before the answer; the importer's fold and
+commit), done with the agent's own code and none of its framework.
+
+Each process's CPU per sample is reported too (schedstat, all threads, less what the process
+runs idle over a quiet spell before the samples): on two cores, the work each side adds is
+what the others wait for.
 
 One more leg, interleaved too: the floor across two processes (bench/latency.py). The
 issue's floor produces and consumes in one process, which is awake from the produce to the
@@ -37,12 +47,14 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
-import latency  # bench/ is on sys.path when a script here runs
+import essentials  # bench/ is on sys.path when a script here runs
+import latency
 import msgspec
 import uvicorn
 from agents import Agent, establish, export, wait_until_serving
@@ -55,6 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOPIC = "bench-skeleton"
 # The importer's idle fetch wait at the benchmark's 1 s heartbeat (importer.idle_fetch_wait).
 IDLE_FETCH_WAIT = 0.5
+IDLE_SPELL = 5.0  # seconds of no change, to measure each process's idle CPU
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -194,7 +207,11 @@ async def _serve(app: Any, port: int) -> None:
     await uvicorn.Server(config).serve(sockets=[sock])
 
 
-async def _run_role(role: str, bootstrap: str, port: int) -> None:
+async def _run_role(role: str, bootstrap: str, port: int, without: frozenset[str]) -> None:
+    if role.startswith("essentials-"):
+        serve = partial(_serve, port=port)
+        await essentials.run_role(role, bootstrap, serve, latency.SERVICE, IDLE_FETCH_WAIT, without)
+        return
     async with AsyncExitStack() as stack:
         if role == "exporter":
             producer = await stack.enter_async_context(kafka_client.producer(bootstrap))
@@ -210,11 +227,13 @@ async def _run_role(role: str, bootstrap: str, port: int) -> None:
 class Skeleton:
     """One skeleton process (``role`` exporter or importer) on its own port."""
 
-    def __init__(self, role: str, bootstrap: str, log: Path) -> None:
+    def __init__(
+        self, role: str, bootstrap: str, log: Path, without: frozenset[str] = frozenset()
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, __file__, "--role", role, "--kafka", bootstrap,
-                "--port", str(self.port)]  # fmt: skip
+                "--port", str(self.port), "--essentials-without", ",".join(without)]  # fmt: skip
         self.process = subprocess.Popen(
             args, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO, env=os.environ
         )
@@ -224,13 +243,16 @@ class Skeleton:
         stop_process(self.process, 10)
 
 
+async def _create_stream_topic(bootstrap: str, topic: str) -> None:
+    """A topic with the stream's settings, as every path here uses."""
+    await kafka_client.create_topic(
+        bootstrap, topic, compacted=True, configs=dict(topics.STREAM_CONFIG)
+    )
+
+
 def start_receiver(bootstrap: str, log: Path) -> Skeleton:
     """The receiver process of the floor across two processes, its topic created first."""
-    anyio.run(
-        lambda: kafka_client.create_topic(
-            bootstrap, latency.HANDOFF_TOPIC, compacted=True, configs=dict(topics.STREAM_CONFIG)
-        )
-    )
+    anyio.run(_create_stream_topic, bootstrap, latency.HANDOFF_TOPIC)
     return Skeleton("receiver", bootstrap, log)
 
 
@@ -241,9 +263,10 @@ async def _measure(
     samples: int,
     warm_floor: int,
     warm_changes: int,
-) -> dict[str, list[float]]:
+    pids: dict[str, int],
+) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Warm-up, then per sample: a floor round trip, the floor across two processes, then
-    one change through each path."""
+    one change through each path. Also the CPU each process in ``pids`` used per sample."""
     pause = latency.pause_for(1)
     out: dict[str, list[float]] = {
         "floor": [], "floor_two_processes": [], **{name: [] for name in paths}
@@ -259,6 +282,16 @@ async def _measure(
             await two_processes.hand_over(client)
             for exporter, target in paths.values():
                 await latency.watched_change(client, exporter, [target], pause)
+        # What each process runs with no change at all (heartbeats, idle fetches, tickers),
+        # over a quiet spell, so the CPU per sample can be told apart from it.
+        idle_before = {name: latency.cpu_ns(pid) for name, pid in pids.items()}
+        await anyio.sleep(IDLE_SPELL)
+        idle_ns_per_s = {
+            name: (latency.cpu_ns(pid) - idle_before[name]) / IDLE_SPELL
+            for name, pid in pids.items()
+        }
+        cpu_before = {name: latency.cpu_ns(pid) for name, pid in pids.items()}
+        started = time.perf_counter()
         for _ in range(samples):
             await anyio.sleep(pause)
             out["floor"].append(await floor.round_trip())
@@ -267,7 +300,17 @@ async def _measure(
             for name, (exporter, target) in paths.items():
                 change = await latency.watched_change(client, exporter, [target], pause)
                 out[name] += change.visible
-    return out
+        seconds = time.perf_counter() - started
+        cpu = {
+            name: round(
+                (latency.cpu_ns(pid) - cpu_before[name] - idle_ns_per_s[name] * seconds)
+                / samples
+                / 1e6,
+                3,
+            )
+            for name, pid in pids.items()
+        }
+    return out, cpu
 
 
 def main() -> None:
@@ -276,15 +319,28 @@ def main() -> None:
     parser.add_argument("--warm-floor", type=int, default=latency.WARM_FLOOR)
     parser.add_argument("--warm-changes", type=int, default=latency.WARM_CHANGES)
     parser.add_argument("--no-agents", action="store_true", help="the skeleton alone")
+    parser.add_argument(
+        "--essentials", action="store_true",
+        help="also the agent's essential work without its framework (bench/essentials.py)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
-        "--role", choices=["exporter", "importer", "receiver"], help=argparse.SUPPRESS
-    )
+        "--essentials-without", default="",
+        help=f"leave pieces of the essential work out (comma-separated: {essentials.LEAVE_OUT})",
+    )  # fmt: skip
+    roles = ["exporter", "importer", "receiver", "essentials-exporter", "essentials-importer"]
+    parser.add_argument("--role", choices=roles, help=argparse.SUPPRESS)
     parser.add_argument("--kafka", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    without = frozenset(filter(None, args.essentials_without.split(",")))
+    if not without <= set(essentials.LEAVE_OUT):
+        parser.error(f"--essentials-without: expected some of {essentials.LEAVE_OUT}")
     if args.role:
-        anyio.run(_run_role, args.role, args.kafka, args.port, backend_options={"use_uvloop": True})
+        anyio.run(
+            _run_role, args.role, args.kafka, args.port, without,
+            backend_options={"use_uvloop": True},
+        )  # fmt: skip
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -293,11 +349,8 @@ def main() -> None:
         broker.wait_ready()
         running: list[Skeleton | Agent] = []
         try:
-            anyio.run(
-                lambda: kafka_client.create_topic(
-                    broker.bootstrap, TOPIC, compacted=True, configs=dict(topics.STREAM_CONFIG)
-                )
-            )
+            for topic in (TOPIC, essentials.TOPIC):
+                anyio.run(_create_stream_topic, broker.bootstrap, topic)
             exporter = Skeleton("exporter", broker.bootstrap, work / "skeleton-exporter.log")
             running.append(exporter)
             importer = Skeleton("importer", broker.bootstrap, work / "skeleton-importer.log")
@@ -305,6 +358,23 @@ def main() -> None:
             receiver = start_receiver(broker.bootstrap, work / "skeleton-receiver.log")
             running.append(receiver)
             paths = {"skeleton": (exporter.url, (importer.url, "east"))}
+            if args.essentials:
+                logs = work / "essentials.log"
+                ess_exporter = Skeleton("essentials-exporter", broker.bootstrap, logs, without)
+                running.append(ess_exporter)
+                ess_importer = Skeleton("essentials-importer", broker.bootstrap, logs, without)
+                running.append(ess_importer)
+                paths["essentials"] = (ess_exporter.url, (ess_importer.url, "east"))
+            assert broker.pid is not None
+            pids = {
+                "broker": broker.pid,
+                "skeleton exporter": exporter.process.pid,
+                "skeleton importer": importer.process.pid,
+                "receiver": receiver.process.pid,
+            }
+            if args.essentials:
+                pids["essentials exporter"] = ess_exporter.process.pid
+                pids["essentials importer"] = ess_importer.process.pid
             if not args.no_agents:
                 east = Agent("east", broker.bootstrap, work)
                 running.append(east)
@@ -313,9 +383,10 @@ def main() -> None:
                 establish(east, west)
                 export(east, latency.SERVICE, ["west"])
                 paths["agents"] = (east.url, (west.url, "east"))
-            samples = anyio.run(
+                pids.update(east=east.process.pid, west=west.process.pid)
+            samples, cpu = anyio.run(
                 _measure, broker.bootstrap, receiver.url, paths, args.changes, args.warm_floor,
-                args.warm_changes,
+                args.warm_changes, pids,
             )  # fmt: skip
         finally:
             for process in running:
@@ -329,12 +400,16 @@ def main() -> None:
             **figures,
             "ratio_p50_to_floor": round(figures["p50_ms"] / floor["p50_ms"], 2),
         }
+    # What each process ran per sample (one change through each path and the floors) beyond
+    # what it runs idle: on two cores, the agents' extra CPU is what the others wait for.
+    report["cpu_ms_per_sample"] = cpu
     report["method"] = {
         "changes": args.changes,
         "warm_floor": args.warm_floor,
         "warm_changes": args.warm_changes,
         "pause_s": latency.pause_for(1),
         "client": "lean",
+        "essentials_without": sorted(without),
     }
     print(json.dumps(report, indent=2))
     print(f"floor p50 {floor['p50_ms']} ms p99 {floor['p99_ms']} ms")
@@ -342,6 +417,7 @@ def main() -> None:
         row = report[name]
         ratio = row["ratio_p50_to_floor"]
         print(f"{name}: p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms, {ratio}x floor")
+    print("CPU per sample: " + ", ".join(f"{name} {ms} ms" for name, ms in cpu.items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
