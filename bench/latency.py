@@ -369,6 +369,8 @@ class Samples:
     # The same changes seen through a second client, interleaved (``measure(compare=...)``).
     compared_client: str = ""
     compared: list[float] = field(default_factory=list)
+    # Changes through the essentials pair (bench/essentials.py), interleaved.
+    essentials: list[float] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
         """The figures under the report keys (``ratio_p50_to_floor`` when there is a floor)."""
@@ -398,6 +400,13 @@ class Samples:
                     other["propagation"]["p50_ms"] / out["floor"]["p50_ms"], 2
                 )
             out["compared"] = other
+        if self.essentials:
+            essentials = summary(self.essentials)
+            if self.floor:
+                essentials["ratio_p50_to_floor"] = round(
+                    essentials["p50_ms"] / out["floor"]["p50_ms"], 2
+                )
+            out["essentials"] = essentials
         return out
 
 
@@ -413,6 +422,7 @@ async def measure(
     client_kind: ClientKind = "lean",
     compare: ClientKind | None = None,
     receiver: str | None = None,
+    essentials: tuple[str, Target] | None = None,
 ) -> Samples:
     """Warm up, then ``samples`` times: pause, floor round trip; pause, watched change.
 
@@ -420,8 +430,10 @@ async def measure(
     change watched through that client, right after, against the same floor samples (the
     floor moves with the machine's state over a run, so separate rounds do not compare).
     With ``receiver`` (the URL of a receiver process, see bench/skeleton.py), each sample
-    also has the floor across two processes, after its own pause. ``polling`` changes (seen
-    by polling clients) follow the interleaved ones.
+    also has the floor across two processes, after its own pause. With ``essentials`` (the
+    exporting URL and target of the pair in bench/essentials.py), each sample also has a
+    change through that pair. ``polling`` changes (seen by polling clients) follow the
+    interleaved ones.
     """
     pause = pause_for(len(targets))
     out = Samples(compared_client=compare or "")
@@ -441,6 +453,8 @@ async def measure(
             await watched_change(client, exporter, targets, pause)
             if other is not None:
                 await watched_change(other, exporter, targets, pause)
+            if essentials is not None:
+                await watched_change(client, essentials[0], [essentials[1]], pause)
         for _ in range(samples):
             if floor is not None:
                 await anyio.sleep(pause)
@@ -453,6 +467,9 @@ async def measure(
             out.register.append(change.register)
             if other is not None:
                 out.compared += (await watched_change(other, exporter, targets, pause)).visible
+            if essentials is not None:
+                lean = await watched_change(client, essentials[0], [essentials[1]], pause)
+                out.essentials += lean.visible
         for _ in range(polling):
             await anyio.sleep(pause)
             out.polling += await polled_change(client, exporter, targets)

@@ -250,6 +250,20 @@ async def _create_stream_topic(bootstrap: str, topic: str) -> None:
     )
 
 
+def start_essentials(
+    bootstrap: str, log: Path, without: frozenset[str] = frozenset()
+) -> tuple[Skeleton, Skeleton]:
+    """The essentials pair (bench/essentials.py), its topic created first: (exporting,
+    importing)."""
+    anyio.run(_create_stream_topic, bootstrap, essentials.TOPIC)
+    exporting = Skeleton("essentials-exporter", bootstrap, log, without)
+    try:
+        return exporting, Skeleton("essentials-importer", bootstrap, log, without)
+    except BaseException:
+        exporting.stop()
+        raise
+
+
 def start_receiver(bootstrap: str, log: Path) -> Skeleton:
     """The receiver process of the floor across two processes, its topic created first."""
     anyio.run(_create_stream_topic, bootstrap, latency.HANDOFF_TOPIC)
@@ -349,8 +363,7 @@ def main() -> None:
         broker.wait_ready()
         running: list[Skeleton | Agent] = []
         try:
-            for topic in (TOPIC, essentials.TOPIC):
-                anyio.run(_create_stream_topic, broker.bootstrap, topic)
+            anyio.run(_create_stream_topic, broker.bootstrap, TOPIC)
             exporter = Skeleton("exporter", broker.bootstrap, work / "skeleton-exporter.log")
             running.append(exporter)
             importer = Skeleton("importer", broker.bootstrap, work / "skeleton-importer.log")
@@ -359,12 +372,9 @@ def main() -> None:
             running.append(receiver)
             paths = {"skeleton": (exporter.url, (importer.url, "east"))}
             if args.essentials:
-                logs = work / "essentials.log"
-                ess_exporter = Skeleton("essentials-exporter", broker.bootstrap, logs, without)
-                running.append(ess_exporter)
-                ess_importer = Skeleton("essentials-importer", broker.bootstrap, logs, without)
-                running.append(ess_importer)
-                paths["essentials"] = (ess_exporter.url, (ess_importer.url, "east"))
+                pair = start_essentials(broker.bootstrap, work / "essentials.log", without)
+                running += pair
+                paths["essentials"] = (pair[0].url, (pair[1].url, "east"))
             assert broker.pid is not None
             pids = {
                 "broker": broker.pid,
@@ -373,8 +383,8 @@ def main() -> None:
                 "receiver": receiver.process.pid,
             }
             if args.essentials:
-                pids["essentials exporter"] = ess_exporter.process.pid
-                pids["essentials importer"] = ess_importer.process.pid
+                pids["essentials exporter"] = pair[0].process.pid
+                pids["essentials importer"] = pair[1].process.pid
             if not args.no_agents:
                 east = Agent("east", broker.bootstrap, work)
                 running.append(east)

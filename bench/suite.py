@@ -15,7 +15,9 @@ Figures (medians; p99 where it is a latency; nothing is asserted):
   is bench/lean_http.py, with next to no cost of its own; each sample also has a change seen
   through aiohttp, as a Python watcher sees it, against the same floor; and the floor
   across two processes (the floor's record handed to a receiver process that slept since
-  the last one, as between two clusters), with propagation's ratio to it;
+  the last one, as between two clusters), with propagation's ratio to it; and a change
+  through the essentials pair (bench/essentials.py: the work the design cannot do without,
+  with the agent's own code and none of its framework), against the same floor;
 - throughput: a services file of N instances (N/10 services x 10) loaded on east until west
   imported all N; end to end (file load included) and on the stream alone (from west's first
   imported instance to its last); then every instance changed once (N updates);
@@ -370,6 +372,11 @@ def table(report: dict[str, Any]) -> str:
         rows.append(("  floor across two processes (produce -> another process has it)",
                      f"p50 {handoff['p50_ms']} ms, p99 {handoff['p99_ms']} ms; propagation"
                      f" {report['ratio_p50_to_floor_two_processes']:.2f}x it", ""))  # fmt: skip
+    if "essentials" in report:
+        lean = report["essentials"]
+        rows.append(("  the essential work alone, without the agent's framework (interleaved)",
+                     f"p50 {lean['p50_ms']} ms, p99 {lean['p99_ms']} ms,"
+                     f" {lean['ratio_p50_to_floor']:.2f}x floor", ""))  # fmt: skip
     if "compared" in report:
         other = report["compared"]
         prop = other["propagation"]
@@ -469,6 +476,7 @@ def main() -> None:
         broker.wait_ready()
         try:
             receiver = skeleton.start_receiver(broker.bootstrap, work / "receiver.log")
+            pair = skeleton.start_essentials(broker.bootstrap, work / "essentials.log")
             east = Agent("east", broker.bootstrap, work)
             west = Agent("west", broker.bootstrap, work)
             try:
@@ -479,7 +487,8 @@ def main() -> None:
                 samples = anyio.run(
                     lambda: latency.measure(
                         broker.bootstrap, east.url, [(west.url, "east")], changes,
-                        polling=polling, compare="aiohttp", receiver=receiver.url, **warm,
+                        polling=polling, compare="aiohttp", receiver=receiver.url,
+                        essentials=(pair[0].url, (pair[1].url, "east")), **warm,
                     )
                 )  # fmt: skip
                 progress(f"propagation with {WATCHERS} blocking queries open on each agent")
@@ -490,6 +499,8 @@ def main() -> None:
                 east.stop()
                 west.stop()
                 receiver.stop()
+                for process in pair:
+                    process.stop()
             # floor, propagation, ratio_p50_to_floor, register, propagation_polling
             report.update(samples.report())
             report["latency_method"] = {
