@@ -31,13 +31,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
 import msgspec
+from plain_asgi import JSON, Receive, Scope, Send, answer, answer_other, read_body
 
 from agent import catalog, crypto, kafka_client, reducer
 from agent.catalog import ExportedService, ExportedServicesEntry, ServiceConsumer
@@ -54,25 +55,6 @@ PEER = "west"
 PEERING_ID = "bench-essentials-peering"
 # Both ends derive the same stream keys; a real handshake is not on a change's path.
 KEYRING = new_keyring(b"bench-essentials-root-secret-32b", PEERING_ID, Direction.ACCEPTOR_TO_DIALER)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-_JSON = (b"content-type", b"application/json")
-
-
-async def _body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class ExporterEssentials:
@@ -94,7 +76,7 @@ class ExporterEssentials:
         if scope["type"] != "http":
             return
         if scope["method"] == "PUT" and scope["path"] == "/v1/agent/service/register":
-            instance = catalog.decode_registration(msgspec.json.decode(await _body(receive)))
+            instance = catalog.decode_registration(msgspec.json.decode(await read_body(receive)))
             now = time.time()
             if self.write:
                 self.store.register(instance, "api", now, durable=False)
@@ -112,9 +94,9 @@ class ExporterEssentials:
             await anyio.lowlevel.checkpoint()  # the sender puts it on the socket first
             if self.fsync:
                 self.store.sync()
-            await _answer(send, 200, b"true", [_JSON])
+            await answer(send, 200, b"true", [JSON])
         else:
-            await _answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
+            await answer_other(scope, send)
 
 
 class _Node(msgspec.Struct):
@@ -186,10 +168,10 @@ class ImporterEssentials:
                         await self.changed.wait()
             node = _Node(Node=PEER, Address="")
             entries = [_HealthEntry(node, i, []) for i in self.by_name.get(name, {}).values()]
-            headers = [_JSON, (b"x-consul-index", str(self.index).encode())]
-            await _answer(send, 200, _encoder.encode(entries), headers)
+            headers = [JSON, (b"x-consul-index", str(self.index).encode())]
+            await answer(send, 200, _encoder.encode(entries), headers)
         else:
-            await _answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
+            await answer_other(scope, send)
 
 
 async def run_role(

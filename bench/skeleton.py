@@ -45,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
@@ -58,6 +57,7 @@ import latency
 import msgspec
 import uvicorn
 from agents import Agent, establish, export, wait_until_serving
+from plain_asgi import JSON, Receive, Scope, Send, answer, answer_other, read_body
 
 from agent import kafka_client, topics
 from agent.devbroker import DevBroker, free_port
@@ -68,27 +68,6 @@ TOPIC = "bench-skeleton"
 # The importer's idle fetch wait at the benchmark's 1 s heartbeat (importer.idle_fetch_wait).
 IDLE_FETCH_WAIT = 0.5
 IDLE_SPELL = 5.0  # seconds of no change, to measure each process's idle CPU
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-async def _body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-_JSON = (b"content-type", b"application/json")
 
 
 class ExporterApp:
@@ -107,15 +86,15 @@ class ExporterApp:
         if scope["type"] != "http":
             return
         if scope["method"] == "PUT" and scope["path"] == "/v1/agent/service/register":
-            body = await _body(receive)
+            body = await read_body(receive)
             key = msgspec.json.decode(body)["ID"].encode()
             # aiokafka's send queues the record and returns the future of its acknowledgement;
             # the sender task puts it on the socket on the loop's next turn.
             sent = await self.producer.send(TOPIC, value=body, key=key)
             sent.add_done_callback(self._failed)
-            await _answer(send, 200, b"true", [_JSON])
+            await answer(send, 200, b"true", [JSON])
         else:
-            await _answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
+            await answer_other(scope, send)
 
 
 class ImporterApp:
@@ -151,10 +130,10 @@ class ImporterApp:
                     while self.index <= int(query["index"][0]):
                         await self.changed.wait()
             entries = [{"Service": body} for body in self.latest.values() if body["Name"] == name]
-            headers = [_JSON, (b"x-consul-index", str(self.index).encode())]
-            await _answer(send, 200, msgspec.json.encode(entries), headers)
+            headers = [JSON, (b"x-consul-index", str(self.index).encode())]
+            await answer(send, 200, msgspec.json.encode(entries), headers)
         else:
-            await _answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
+            await answer_other(scope, send)
 
 
 class ReceiverApp:
@@ -187,12 +166,12 @@ class ReceiverApp:
                 while value not in self.arrivals:
                     await self.arrived.wait()
             if value not in self.arrivals:
-                await _answer(send, 404, b"", [])
+                await answer(send, 404, b"", [])
                 return
             body = msgspec.json.encode(self.arrivals.pop(value))
-            await _answer(send, 200, body, [_JSON, (b"x-consul-index", b"0")])
+            await answer(send, 200, body, [JSON, (b"x-consul-index", b"0")])
         else:
-            await _answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
+            await answer_other(scope, send)
 
 
 async def _serve(app: Any, port: int) -> None:

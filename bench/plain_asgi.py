@@ -1,0 +1,33 @@
+"""The few ASGI pieces the benchmark's bare servers share (bench/skeleton.py and
+bench/essentials.py): no framework, so nothing but the work each measures is on the path."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+JSON = (b"content-type", b"application/json")
+
+
+async def read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def answer_other(scope: Scope, send: Send) -> None:
+    """Any other request: 200 for ``/v1/status/leader`` (what a starting benchmark polls
+    until the process serves), 404 for the rest."""
+    await answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
