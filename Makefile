@@ -50,7 +50,7 @@ test: lint typecheck pytest
 demo: $(INSTALLED) kafka
 	$(BIN)/peering demo
 
-# Issue 8's figures: a table, and JSON in bench/results/suite.json (about 5 minutes).
+# Issue 8's figures: a table, and JSON in bench/results/suite.json (about 6 minutes).
 bench: $(INSTALLED) kafka
 	ops/install-debian-tools.sh wrk:wrk
 	$(BIN)/python bench/suite.py --json bench/results/suite.json
