@@ -34,11 +34,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import anyio
 import msgspec
-from plain_asgi import JSON, Receive, Scope, Send, answer, answer_other, read_body
+from plain_asgi import JSON, ChangeIndex, Receive, Scope, Send, answer, answer_other, read_body
 
 from agent import catalog, crypto, kafka_client, reducer
 from agent.catalog import ExportedService, ExportedServicesEntry, ServiceConsumer
@@ -123,8 +122,7 @@ class ImporterEssentials:
         self.private_key = crypto.generate_private_key()
         self.cursor = ImportCursor(state=reducer.ImportState(), keyring=KEYRING)
         self.by_name: dict[str, dict[str, ServiceInstance]] = {}
-        self.index = 1
-        self.changed = anyio.Event()
+        self.index = ChangeIndex()
 
     async def follow(self, bootstrap: str, idle_fetch_wait: float) -> None:
         batches = kafka_client.read_batches(
@@ -149,9 +147,7 @@ class ImporterEssentials:
             for instance in upserts:
                 self.by_name.setdefault(instance.Name, {})[instance.ID] = instance
             self.cursor = ImportCursor(state=ingested.state, keyring=ingested.keyring)
-            self.index += 1
-            self.changed.set()
-            self.changed = anyio.Event()
+            self.index.bump()
             await anyio.lowlevel.checkpoint()  # the woken queries answer before the commit
             if self.commit:
                 self.store.commit_import(PEER, PEERING_ID, self.cursor, upserts, [])
@@ -161,14 +157,10 @@ class ImporterEssentials:
             return
         if scope["path"].startswith("/v1/health/service/"):
             name = scope["path"].rsplit("/", 1)[1]
-            query = parse_qs(scope["query_string"].decode())
-            if "index" in query:
-                with anyio.move_on_after(10):
-                    while self.index <= int(query["index"][0]):
-                        await self.changed.wait()
+            await self.index.wait_past(scope["query_string"])
             node = _Node(Node=PEER, Address="")
             entries = [_HealthEntry(node, i, []) for i in self.by_name.get(name, {}).values()]
-            headers = [JSON, (b"x-consul-index", str(self.index).encode())]
+            headers = [JSON, self.index.header()]
             await answer(send, 200, _encoder.encode(entries), headers)
         else:
             await answer_other(scope, send)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -31,3 +34,27 @@ async def answer_other(scope: Scope, send: Send) -> None:
     """Any other request: 200 for ``/v1/status/leader`` (what a starting benchmark polls
     until the process serves), 404 for the rest."""
     await answer(send, 200 if scope["path"] == "/v1/status/leader" else 404, b"", [])
+
+
+class ChangeIndex:
+    """An index that moves with each change, for blocking queries: ``?index=N`` waits until
+    it is past N (at most 10 s, a watcher's ``wait``)."""
+
+    def __init__(self) -> None:
+        self.value = 1
+        self._changed = anyio.Event()
+
+    def bump(self) -> None:
+        self.value += 1
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_past(self, query_string: bytes) -> None:
+        query = parse_qs(query_string.decode())
+        if "index" in query:
+            with anyio.move_on_after(10):
+                while self.value <= int(query["index"][0]):
+                    await self._changed.wait()
+
+    def header(self) -> tuple[bytes, bytes]:
+        return (b"x-consul-index", str(self.value).encode())

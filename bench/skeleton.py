@@ -49,7 +49,6 @@ from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import anyio
 import essentials  # bench/ is on sys.path when a script here runs
@@ -57,7 +56,7 @@ import latency
 import msgspec
 import uvicorn
 from agents import Agent, establish, export, wait_until_serving
-from plain_asgi import JSON, Receive, Scope, Send, answer, answer_other, read_body
+from plain_asgi import JSON, ChangeIndex, Receive, Scope, Send, answer, answer_other, read_body
 
 from agent import kafka_client, topics
 from agent.devbroker import DevBroker, free_port
@@ -102,8 +101,7 @@ class ImporterApp:
 
     def __init__(self) -> None:
         self.latest: dict[bytes, Any] = {}
-        self.index = 1
-        self.changed = anyio.Event()
+        self.index = ChangeIndex()
 
     async def follow(self, bootstrap: str) -> None:
         batches = kafka_client.read_batches(
@@ -115,22 +113,16 @@ class ImporterApp:
             for record in batch.records:
                 if record.key is not None and record.value is not None:
                     self.latest[record.key] = msgspec.json.decode(record.value)
-            self.index += 1
-            self.changed.set()
-            self.changed = anyio.Event()
+            self.index.bump()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         if scope["path"].startswith("/v1/health/service/"):
             name = scope["path"].rsplit("/", 1)[1]
-            query = parse_qs(scope["query_string"].decode())
-            if "index" in query:
-                with anyio.move_on_after(10):
-                    while self.index <= int(query["index"][0]):
-                        await self.changed.wait()
+            await self.index.wait_past(scope["query_string"])
             entries = [{"Service": body} for body in self.latest.values() if body["Name"] == name]
-            headers = [JSON, (b"x-consul-index", str(self.index).encode())]
+            headers = [JSON, self.index.header()]
             await answer(send, 200, msgspec.json.encode(entries), headers)
         else:
             await answer_other(scope, send)
