@@ -468,8 +468,8 @@ async def measure(
             if other is not None:
                 out.compared += (await watched_change(other, exporter, targets, pause)).visible
             if essentials is not None:
-                lean = await watched_change(client, essentials[0], [essentials[1]], pause)
-                out.essentials += lean.visible
+                alone = await watched_change(client, essentials[0], [essentials[1]], pause)
+                out.essentials += alone.visible
         for _ in range(polling):
             await anyio.sleep(pause)
             out.polling += await polled_change(client, exporter, targets)

@@ -196,7 +196,9 @@ async def _run_role(role: str, bootstrap: str, port: int, without: frozenset[str
 
 
 class Skeleton:
-    """One skeleton process (``role`` exporter or importer) on its own port."""
+    """One bare process of this benchmark on its own port: a skeleton ``role`` (exporter,
+    importer, receiver) or an essentials one (bench/essentials.py, without the pieces in
+    ``without``)."""
 
     def __init__(
         self, role: str, bootstrap: str, log: Path, without: frozenset[str] = frozenset()

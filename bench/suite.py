@@ -373,10 +373,10 @@ def table(report: dict[str, Any]) -> str:
                      f"p50 {handoff['p50_ms']} ms, p99 {handoff['p99_ms']} ms; propagation"
                      f" {report['ratio_p50_to_floor_two_processes']:.2f}x it", ""))  # fmt: skip
     if "essentials" in report:
-        lean = report["essentials"]
+        alone = report["essentials"]
         rows.append(("  the essential work alone, without the agent's framework (interleaved)",
-                     f"p50 {lean['p50_ms']} ms, p99 {lean['p99_ms']} ms,"
-                     f" {lean['ratio_p50_to_floor']:.2f}x floor", ""))  # fmt: skip
+                     f"p50 {alone['p50_ms']} ms, p99 {alone['p99_ms']} ms,"
+                     f" {alone['ratio_p50_to_floor']:.2f}x floor", ""))  # fmt: skip
     if "compared" in report:
         other = report["compared"]
         prop = other["propagation"]
