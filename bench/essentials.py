@@ -37,7 +37,17 @@ from typing import Any
 
 import anyio
 import msgspec
-from plain_asgi import JSON, ChangeIndex, Receive, Scope, Send, answer, answer_other, read_body
+from plain_asgi import (
+    JSON,
+    ChangeIndex,
+    Receive,
+    Scope,
+    Send,
+    answer,
+    answer_other,
+    health_query,
+    read_body,
+)
 
 from agent import catalog, crypto, kafka_client, reducer
 from agent.catalog import ExportedService, ExportedServicesEntry, ServiceConsumer
@@ -155,15 +165,13 @@ class ImporterEssentials:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if scope["path"].startswith("/v1/health/service/"):
-            name = scope["path"].rsplit("/", 1)[1]
-            await self.index.wait_past(scope["query_string"])
-            node = _Node(Node=PEER, Address="")
-            entries = [_HealthEntry(node, i, []) for i in self.by_name.get(name, {}).values()]
-            headers = [JSON, self.index.header()]
-            await answer(send, 200, _encoder.encode(entries), headers)
-        else:
+        name = await health_query(scope, self.index)
+        if name is None:
             await answer_other(scope, send)
+            return
+        node = _Node(Node=PEER, Address="")
+        entries = [_HealthEntry(node, i, []) for i in self.by_name.get(name, {}).values()]
+        await answer(send, 200, _encoder.encode(entries), [JSON, self.index.header()])
 
 
 async def run_role(

@@ -164,8 +164,9 @@ class TwoProcessFloor:
 
 
 def cpu_ns(pid: int) -> int:
-    """Nanoseconds all threads of a process have run on a CPU so far (schedstat: precise
-    where /proc/<pid>/stat counts in 10 ms ticks)."""
+    """Nanoseconds the live threads of a process have run on a CPU so far (schedstat: precise
+    where ``cpu_seconds`` counts 10 ms ticks, but a thread that has ended no longer counts,
+    where ``cpu_seconds`` keeps it: for short spells, not for a whole run)."""
     total = 0
     for task in os.listdir(f"/proc/{pid}/task"):
         try:

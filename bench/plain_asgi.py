@@ -58,3 +58,16 @@ class ChangeIndex:
 
     def header(self) -> tuple[bytes, bytes]:
         return (b"x-consul-index", str(self.value).encode())
+
+
+HEALTH_PREFIX = "/v1/health/service/"
+
+
+async def health_query(scope: Scope, index: ChangeIndex) -> str | None:
+    """The service name of a ``GET /v1/health/service/<name>`` request, once a blocking query
+    has waited for its ``?index`` to pass; None for any other request."""
+    path: str = scope["path"]
+    if not path.startswith(HEALTH_PREFIX):
+        return None
+    await index.wait_past(scope["query_string"])
+    return path[len(HEALTH_PREFIX) :]

@@ -56,7 +56,17 @@ import latency
 import msgspec
 import uvicorn
 from agents import Agent, establish, export, wait_until_serving
-from plain_asgi import JSON, ChangeIndex, Receive, Scope, Send, answer, answer_other, read_body
+from plain_asgi import (
+    JSON,
+    ChangeIndex,
+    Receive,
+    Scope,
+    Send,
+    answer,
+    answer_other,
+    health_query,
+    read_body,
+)
 
 from agent import kafka_client, topics
 from agent.devbroker import DevBroker, free_port
@@ -118,14 +128,12 @@ class ImporterApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if scope["path"].startswith("/v1/health/service/"):
-            name = scope["path"].rsplit("/", 1)[1]
-            await self.index.wait_past(scope["query_string"])
-            entries = [{"Service": body} for body in self.latest.values() if body["Name"] == name]
-            headers = [JSON, self.index.header()]
-            await answer(send, 200, msgspec.json.encode(entries), headers)
-        else:
+        name = await health_query(scope, self.index)
+        if name is None:
             await answer_other(scope, send)
+            return
+        entries = [{"Service": body} for body in self.latest.values() if body["Name"] == name]
+        await answer(send, 200, msgspec.json.encode(entries), [JSON, self.index.header()])
 
 
 class ReceiverApp:
