@@ -801,7 +801,8 @@ class Api:
         answer = await self.answer_blocking(
             request, self.store.exported_services, answer_index=self.notifier.config_index
         )
-        if answer[1] == b"null":
+        _status, body, _headers = answer
+        if body == b"null":  # no entry: what the store's None encodes to
             raise ApiError(404, "config entry not found for 'exported-services' / 'default'")
         return answer
 
